@@ -1,0 +1,1 @@
+"""Qt views and workers; all compute goes through tuckerscope.core."""

@@ -1,0 +1,1 @@
+"""Everything without Qt: volumes, models, Tucker compression, segmentation, metrics, CLI."""
