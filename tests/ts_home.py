@@ -66,6 +66,8 @@ def build_random_ts_home(
         }
         torch.save(checkpoint, target / "fold_0" / "checkpoint_final.pth")
     (dest / "config.json").write_text(
-        json.dumps({"totalseg_id": "totalseg_tuckerscope_test", "send_usage_stats": False, "prediction_counter": 0})
+        json.dumps(
+            {"totalseg_id": "totalseg_tuckerscope_test", "send_usage_stats": False, "prediction_counter": 0}
+        )
     )
     return dest
