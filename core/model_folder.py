@@ -20,6 +20,9 @@ import torch
 from tuckerscope.core.errors import UserError
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
+# plans.json names classes that nnU-Net imports and calls: only network and layer classes may be named there.
+ALLOWED_NETWORK_PREFIX = "dynamic_network_architectures.architectures."
+ALLOWED_LAYER_PREFIX = "torch.nn."
 
 
 class ModelFolderError(UserError):
@@ -158,6 +161,11 @@ def build_network(
         config = plans_manager.get_configuration(configuration)
     except (KeyError, RuntimeError) as exc:
         raise ModelFolderError(f"plans have no configuration {configuration!r} ({exc})") from None
+    _check_importable_names(
+        config.network_arch_class_name,
+        config.network_arch_init_kwargs,
+        config.network_arch_init_kwargs_req_import,
+    )
     label_manager = plans_manager.get_label_manager(dataset_json)
     return get_network_from_plans(
         config.network_arch_class_name,
@@ -168,6 +176,18 @@ def build_network(
         allow_init=True,
         deep_supervision=False,
     )
+
+
+def _check_importable_names(class_name: str, kwargs: dict[str, Any], imported_keys: list[str]) -> None:
+    """Refuse plans that would make nnU-Net import and call anything but a network or layer class."""
+    if not class_name.startswith(ALLOWED_NETWORK_PREFIX):
+        raise ModelFolderError(
+            f"plans.json names network class {class_name!r}, which is not a known nnU-Net network"
+        )
+    for key in imported_keys:
+        value = kwargs.get(key)
+        if value is not None and not str(value).startswith(ALLOWED_LAYER_PREFIX):
+            raise ModelFolderError(f"plans.json sets {key} to {value!r}, which is not a torch.nn layer")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -203,8 +223,10 @@ def load_expert(spec: ExpertSpec) -> LoadedExpert:
     except Exception as exc:  # nnunetv2 raises many types on malformed plans
         raise ModelFolderError(f"plans.json in {spec.folder} does not describe a network ({exc})") from None
     checkpoint = read_checkpoint(spec.checkpoint)
+    weights = _strip_compile_prefix(checkpoint["network_weights"])
+    _check_output_channels(weights, labels, spec)
     try:
-        network.load_state_dict(_strip_compile_prefix(checkpoint["network_weights"]))
+        network.load_state_dict(weights)
     except RuntimeError as exc:
         summary = str(exc).splitlines()[0]
         raise ModelFolderError(
@@ -221,6 +243,21 @@ def load_expert(spec: ExpertSpec) -> LoadedExpert:
         mirroring_axes=tuple(axes) if axes is not None else None,
         labels={str(k): int(v) for k, v in labels.items() if isinstance(v, int)},
     )
+
+
+def _check_output_channels(
+    weights: dict[str, torch.Tensor], labels: dict[str, Any], spec: ExpertSpec
+) -> None:
+    """A dataset.json whose labels disagree with the network's output layer would mislabel every voxel."""
+    heads = sorted(k for k in weights if k.startswith("decoder.seg_layers.") and k.endswith(".weight"))
+    if not heads:
+        return
+    channels = int(weights[max(heads, key=lambda k: int(k.split(".")[2]))].shape[0])
+    if channels != len(labels):
+        raise ModelFolderError(
+            f"dataset.json in {spec.folder} lists {len(labels)} labels (background included) but the checkpoint's "
+            f"network outputs {channels} channels: the two files belong to different models"
+        )
 
 
 def _strip_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
