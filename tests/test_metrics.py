@@ -1,0 +1,144 @@
+"""Dice/NSD on synthetic masks whose answers are known, and the stated empty-mask rules."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import surface_distance
+
+from tuckerscope.core.metrics import ClassRef, MetricsError, compare, evaluate
+
+LIVER = ClassRef(1, "liver", "organs")
+SPLEEN = ClassRef(2, "spleen", "organs")
+RIB = ClassRef(3, "rib_left_1", "ribs")
+
+
+def cube(shape=(40, 40, 40), start=(10, 10, 10), size=10, label=1, into=None):
+    out = np.zeros(shape, np.uint8) if into is None else into
+    x, y, z = start
+    out[x : x + size, y : y + size, z : z + size] = label
+    return out
+
+
+def score(reference, prediction, spacing=(1.0, 1.0, 1.0), tolerance=3.0, classes=(LIVER,)):
+    return compare(reference, prediction, spacing, classes, tolerance).scores
+
+
+def test_identical_masks_agree_perfectly_even_at_zero_tolerance():
+    a = cube()
+    (s,) = score(a, a.copy(), tolerance=0.0)
+    assert s.dice == 1.0 and s.nsd == 1.0 and s.status == "scored"
+    assert s.reference_voxels == s.prediction_voxels == 1000
+
+
+def test_shifted_cube_dice_is_the_overlap_fraction_and_nsd_follows_the_tolerance():
+    a = cube()
+    b = cube(start=(12, 10, 10))  # shifted 2 voxels = 2 mm along axis 0
+    (within,) = score(a, b, tolerance=2.0)
+    (below,) = score(a, b, tolerance=1.0)
+    assert within.dice == pytest.approx(2 * 800 / 2000)
+    assert within.nsd == pytest.approx(1.0)
+    assert 0.0 < below.nsd < 0.9
+
+
+def test_nsd_uses_the_spacing_of_each_axis():
+    a = cube()
+    along_fine_axis = cube(start=(12, 10, 10))
+    along_coarse_axis = cube(start=(10, 10, 12))
+    spacing = (1.0, 1.0, 2.0)  # a 2-voxel shift is 2 mm on axis 0 but 4 mm on axis 2
+    (fine,) = score(a, along_fine_axis, spacing, tolerance=3.0)
+    (coarse,) = score(a, along_coarse_axis, spacing, tolerance=3.0)
+    assert fine.nsd == pytest.approx(1.0)
+    assert coarse.nsd < 0.95
+    assert fine.dice == pytest.approx(coarse.dice)
+
+
+def test_disjoint_masks_far_apart_score_zero():
+    a = cube(start=(0, 0, 0))
+    b = cube(start=(25, 25, 25))
+    (s,) = score(a, b, tolerance=3.0)
+    assert s.dice == 0.0 and s.nsd == 0.0
+
+
+def test_cropping_to_the_class_box_matches_the_package_on_the_full_volume():
+    rng = np.random.default_rng(0)
+    a = cube(start=(5, 8, 11), size=14)
+    b = cube(start=(7, 6, 12), size=13)
+    b[rng.random(b.shape) < 0.02] = 0  # ragged surface
+    spacing = (0.8, 1.5, 3.0)
+    (s,) = score(a, b, spacing, tolerance=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        full = surface_distance.compute_surface_distances(a == 1, b == 1, spacing)
+    assert s.nsd == pytest.approx(surface_distance.compute_surface_dice_at_tolerance(full, 2.0))
+    assert s.dice == pytest.approx(surface_distance.compute_dice_coefficient(a == 1, b == 1))
+
+
+def test_empty_mask_rules():
+    reference = cube(label=1)
+    cube(start=(25, 25, 25), size=5, label=3, into=reference)  # rib only in the reference
+    prediction = cube(label=1)
+    cube(start=(0, 0, 0), size=5, label=2, into=prediction)  # spleen only in the prediction
+    result = compare(reference, prediction, (1, 1, 1), [LIVER, SPLEEN, RIB, ClassRef(4, "aorta", "vessels")])
+    by_name = {s.name: s for s in result.scores}
+    assert [c.name for c in result.excluded] == ["aorta"]  # empty on both sides: excluded
+    assert (by_name["rib_left_1"].dice, by_name["rib_left_1"].nsd, by_name["rib_left_1"].status) == (
+        0.0,
+        0.0,
+        "missed",
+    )
+    assert (by_name["spleen"].dice, by_name["spleen"].nsd, by_name["spleen"].status) == (0.0, 0.0, "invented")
+    assert by_name["liver"].dice == 1.0
+
+
+def test_grouping_per_expert_gives_mean_and_worst():
+    reference = cube(label=1)
+    cube(start=(25, 25, 25), size=8, label=2, into=reference)
+    cube(start=(0, 25, 0), size=6, label=3, into=reference)
+    prediction = reference.copy()
+    prediction[prediction == 2] = 0
+    cube(start=(27, 25, 25), size=8, label=2, into=prediction)  # spleen shifted 2 voxels
+    result = compare(reference, prediction, (1, 1, 1), [LIVER, SPLEEN, RIB], tolerance_mm=3.0)
+    experts = result.by_expert()
+    assert list(experts) == ["organs", "ribs"]
+    organs = experts["organs"]
+    assert organs.classes == 2
+    assert organs.worst_dice_class == "spleen"
+    assert organs.worst_dice == pytest.approx(0.75)
+    assert organs.mean_dice == pytest.approx((1.0 + 0.75) / 2)
+    assert experts["ribs"].mean_dice == 1.0
+    assert result.worst_first("dice")[0].name == "spleen"
+
+
+def test_evaluate_adds_ground_truth_comparisons_and_checks_the_grid():
+    truth = cube()
+    original = cube(start=(11, 10, 10))
+    compressed = cube(start=(12, 10, 10))
+    evaluation = evaluate(original, compressed, (1, 1, 1), [LIVER], ground_truth=truth)
+    assert evaluation.compressed_vs_original.scores[0].dice == pytest.approx(0.9)
+    assert evaluation.original_vs_ground_truth.scores[0].dice == pytest.approx(0.9)
+    assert evaluation.compressed_vs_ground_truth.scores[0].dice == pytest.approx(0.8)
+    assert set(evaluation.to_dict()) == {
+        "compressed_vs_original",
+        "original_vs_ground_truth",
+        "compressed_vs_ground_truth",
+    }
+    with pytest.raises(MetricsError, match="ground truth has shape"):
+        evaluate(original, compressed, (1, 1, 1), [LIVER], ground_truth=truth[:-1])
+
+
+@pytest.mark.parametrize(
+    ("spacing", "message"),
+    [((1, 1), "three positive"), ((1, 0, 1), "three positive"), ((1, float("nan"), 1), "three positive")],
+)
+def test_bad_spacing_is_refused(spacing, message):
+    with pytest.raises(MetricsError, match=message):
+        compare(cube(), cube(), spacing, [LIVER])
+
+
+def test_an_image_is_not_a_label_map():
+    image = cube().astype(np.float32) + 0.5
+    with pytest.raises(MetricsError, match="non-integer"):
+        compare(cube(), image, (1, 1, 1), [LIVER])
