@@ -1,0 +1,133 @@
+"""Size figures: parameters, FLOPs and compression ratio per expert and in total, as a table and bar charts.
+
+FLOPs count one multiply-add as one FLOP, on the plans' patch size, as the core counter reports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyqtgraph as pg
+from pyqtgraph.Qt import QtCore, QtWidgets
+
+from tuckerscope.app.style import configure_pyqtgraph
+
+ORIGINAL_BRUSH = (120, 160, 230)
+COMPRESSED_BRUSH = (240, 150, 60)
+
+
+@dataclass(frozen=True)
+class SizeFigures:
+    """One expert's (or the total's) size before and after compression."""
+
+    name: str
+    params_original: int
+    params_compressed: int
+    flops_original: int
+    flops_compressed: int
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_original / max(self.params_compressed, 1)
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops_original / max(self.flops_compressed, 1)
+
+
+def total_of(rows: list[SizeFigures]) -> SizeFigures:
+    return SizeFigures(
+        "total",
+        sum(r.params_original for r in rows),
+        sum(r.params_compressed for r in rows),
+        sum(r.flops_original for r in rows),
+        sum(r.flops_compressed for r in rows),
+    )
+
+
+def human(value: float, unit: str = "") -> str:
+    """12_300_000 -> '12.3 M'; short figures for narrow panels."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {suffix}{unit}"
+    return f"{value:.3g} {unit}".strip()
+
+
+COLUMNS = ("expert", "params orig", "params comp", "params ×", "FLOPs orig", "FLOPs comp", "FLOPs ×")
+
+
+class FiguresPanel(QtWidgets.QWidget):
+    """Table and grouped bar charts (original vs compressed) of parameters and FLOPs."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        configure_pyqtgraph()
+        super().__init__(parent)
+        self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        self.charts = pg.GraphicsLayoutWidget()
+        self.params_plot = self.charts.addPlot(row=0, col=0, title="Parameters (M)")
+        self.flops_plot = self.charts.addPlot(row=0, col=1, title="FLOPs per patch (G)")
+        for plot in (self.params_plot, self.flops_plot):
+            plot.setMenuEnabled(False)
+            plot.setMouseEnabled(x=False, y=False)
+            plot.showGrid(y=True, alpha=0.3)
+        legend = self.params_plot.addLegend(offset=(-4, 4))
+        legend.addItem(pg.BarGraphItem(x=[0], height=[0], width=0, brush=ORIGINAL_BRUSH), "original")
+        legend.addItem(pg.BarGraphItem(x=[0], height=[0], width=0, brush=COMPRESSED_BRUSH), "compressed")
+        splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        splitter.addWidget(self.table)
+        splitter.addWidget(self.charts)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(splitter)
+        self.rows: list[SizeFigures] = []
+
+    def set_figures(self, rows: list[SizeFigures]) -> None:
+        self.rows = list(rows)
+        shown = self.rows + ([total_of(self.rows)] if len(self.rows) > 1 else [])
+        self.table.setRowCount(len(shown))
+        for r, fig in enumerate(shown):
+            cells = (
+                fig.name,
+                human(fig.params_original),
+                human(fig.params_compressed),
+                f"{fig.params_ratio:.2f}",
+                human(fig.flops_original),
+                human(fig.flops_compressed),
+                f"{fig.flops_ratio:.2f}",
+            )
+            for c, text in enumerate(cells):
+                item = QtWidgets.QTableWidgetItem(text)
+                if c:
+                    item.setTextAlignment(
+                        QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter
+                    )
+                if fig.name == "total" and fig is shown[-1] and len(self.rows) > 1:
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                self.table.setItem(r, c, item)
+        self._draw_bars(
+            self.params_plot, [(f.params_original / 1e6, f.params_compressed / 1e6) for f in self.rows]
+        )
+        self._draw_bars(
+            self.flops_plot, [(f.flops_original / 1e9, f.flops_compressed / 1e9) for f in self.rows]
+        )
+
+    def _draw_bars(self, plot: pg.PlotItem, values: list[tuple[float, float]]) -> None:
+        for item in [i for i in plot.items if isinstance(i, pg.BarGraphItem)]:
+            plot.removeItem(item)
+        if not values:
+            return
+        x = np.arange(len(values), dtype=float)
+        original = np.array([v[0] for v in values])
+        compressed = np.array([v[1] for v in values])
+        plot.addItem(pg.BarGraphItem(x=x - 0.2, height=original, width=0.38, brush=ORIGINAL_BRUSH))
+        plot.addItem(pg.BarGraphItem(x=x + 0.2, height=compressed, width=0.38, brush=COMPRESSED_BRUSH))
+        plot.getAxis("bottom").setTicks([[(i, f.name) for i, f in enumerate(self.rows)]])
+        plot.setXRange(-0.6, len(values) - 0.4, padding=0)
+        plot.setYRange(0, float(max(original.max(), compressed.max(), 1e-9)) * 1.1, padding=0)

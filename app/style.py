@@ -1,0 +1,57 @@
+"""Look-and-feel shared by the views: pyqtgraph options, CT window presets, label colours, difference colours."""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+
+import numpy as np
+import pyqtgraph as pg
+
+
+def configure_pyqtgraph() -> None:
+    """Row-major images ((row, col) like numpy) everywhere; set once, idempotent."""
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="k", foreground="w")
+
+
+@dataclass(frozen=True)
+class WindowPreset:
+    """A CT display window in Hounsfield units."""
+
+    name: str
+    level: float
+    width: float
+
+
+WINDOW_PRESETS: tuple[WindowPreset, ...] = (
+    WindowPreset("Soft tissue", 40.0, 400.0),
+    WindowPreset("Lung", -600.0, 1500.0),
+    WindowPreset("Bone", 400.0, 1800.0),
+)
+
+# Difference mode: which side has the label where the two segmentations disagree.
+ONLY_ORIGINAL_RGB = (255, 40, 200)  # the compressed network missed it
+ONLY_COMPRESSED_RGB = (40, 230, 255)  # the compressed network added it
+OTHER_CLASS_RGB = (255, 220, 0)  # both labelled, different classes
+
+HEATMAP_COLORMAP = "viridis"
+
+
+def fallback_colour(label: int) -> tuple[int, int, int]:
+    """A distinct, stable colour for a label without a TS colour (golden-angle hues)."""
+    hue = (label * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def label_lut(
+    colours: dict[int, tuple[int, int, int]], visible: set[int], opacity: float, size: int
+) -> np.ndarray:
+    """RGBA lookup table (size x 4, uint8) for label maps; background and hidden classes are transparent."""
+    lut = np.zeros((size, 4), dtype=np.uint8)
+    alpha = int(round(255 * min(max(opacity, 0.0), 1.0)))
+    for label, rgb in colours.items():
+        if 0 < label < size and label in visible:
+            lut[label, :3] = rgb
+            lut[label, 3] = alpha
+    return lut
