@@ -234,11 +234,12 @@ def comparison_html(comparison: Comparison) -> str:
     excluded = ", ".join(c.name for c in comparison.excluded) or "none"
     return (
         f"<h3>{html.escape(comparison.prediction)} vs {html.escape(comparison.reference)}</h3>"
-        f"<p>NSD tolerance {comparison.tolerance_mm:g} mm. Classes empty on both sides (excluded): "
-        f"{html.escape(excluded)}.</p>"
+        f"<p>NSD tolerance {comparison.tolerance_mm:g} mm. {len(comparison.scores)} classes scored; "
+        f"{len(comparison.excluded)} empty on both sides and excluded.</p>"
         + table_html(summary)
-        + "<details open><summary>per class, worst first"
-        "</summary>" + table_html(classes) + "</details>"
+        + "<details open><summary>per class, worst first</summary>"
+        + table_html(classes)
+        + f"</details><details><summary>excluded classes</summary><p>{html.escape(excluded)}</p></details>"
     )
 
 
