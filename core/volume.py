@@ -1,0 +1,281 @@
+"""Load a CT volume (NIfTI file or DICOM series folder) and refuse what cannot be segmented, saying why.
+
+Arrays are nibabel-ordered (x, y, z) with a voxel-to-RAS+ world affine, whatever the orientation on disk: the
+segmenter reorients as TotalSegmentator does and returns labels on this very grid. Every rejection is a specific
+``VolumeError`` subclass with a one-line message, so the CLI and the GUI can show it as is.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from tuckerscope.core.errors import UserError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MAX_SPACING_MM = 50.0
+# A label map has a handful of non-negative integer values; even a heavily quantised CT has hundreds.
+LABEL_MAP_MAX_VALUES = 256
+# CT air is about -1000 HU; an image whose minimum stays above this is unlikely to be in Hounsfield units.
+CT_MIN_BELOW_HU = -500.0
+UNIQUE_SAMPLE_VOXELS = 2_000_000
+
+
+class VolumeError(UserError):
+    """The input cannot be used as a CT volume."""
+
+
+class NotAnImageError(VolumeError):
+    """The path is not a NIfTI file or a DICOM series folder."""
+
+
+class CorruptVolumeError(VolumeError):
+    """The file is truncated or damaged."""
+
+
+class NotThreeDError(VolumeError):
+    """The image is 2D or 4D (or more)."""
+
+
+class EmptyVolumeError(VolumeError):
+    """The image has no voxels or holds one value everywhere."""
+
+
+class NonFiniteError(VolumeError):
+    """The image holds NaN or infinite values."""
+
+
+class SpacingError(VolumeError):
+    """The voxel spacing is zero, negative, not finite or implausibly large."""
+
+
+class LabelMapError(VolumeError):
+    """The image is a segmentation (few integer values), not a CT."""
+
+
+@dataclass
+class Volume:
+    """A loaded scan: float32 intensities (x, y, z), affine, where it came from and what it probably is."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: Path
+    modality: str  # "CT", "MR" or "unknown"
+    header: nib.Nifti1Header | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (int(self.data.shape[0]), int(self.data.shape[1]), int(self.data.shape[2]))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        zooms = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return (float(zooms[0]), float(zooms[1]), float(zooms[2]))
+
+    @property
+    def axis_codes(self) -> tuple[str, str, str]:
+        codes = nib.aff2axcodes(self.affine)
+        return (str(codes[0]), str(codes[1]), str(codes[2]))
+
+
+def load_volume(path: Path | str) -> Volume:
+    """Read a NIfTI file or the largest DICOM series in a folder, and validate it as a CT volume."""
+    path = Path(path)
+    if not path.exists():
+        raise NotAnImageError(f"{path} does not exist")
+    if path.is_dir():
+        data, affine, modality, warnings = _read_dicom_folder(path)
+        header = None
+    elif path.name.lower().endswith(NIFTI_SUFFIXES):
+        data, affine, header = _read_nifti(path)
+        modality, warnings = "unknown", []
+    else:
+        raise NotAnImageError(
+            f"{path.name} is not a NIfTI file (.nii/.nii.gz) or a DICOM folder; "
+            "convert other formats to NIfTI first or pass the folder holding the DICOM series"
+        )
+    if data.size == 0:
+        raise EmptyVolumeError(f"{path.name} has no voxels (shape {data.shape})")
+    data = _as_three_d(data, path)
+    _check_values(data, path)
+    _check_spacing(affine, path)
+    guessed, modality_warning = _guess_modality(data, modality)
+    if modality_warning:
+        warnings.append(modality_warning)
+    return Volume(data=data, affine=affine, path=path, modality=guessed, header=header, warnings=warnings)
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    try:
+        image = nib.load(path)
+    except nib.filebasedimages.ImageFileError:
+        raise NotAnImageError(f"{path.name} is not a NIfTI image (its header cannot be read)") from None
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise CorruptVolumeError(f"{path.name} is damaged or truncated ({_first_line(exc)})") from None
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise NotAnImageError(f"{path.name} is not a NIfTI-1/2 image")
+    _check_raw_pixdim(path, type(image.header))
+    if image.header.get_data_dtype().fields is not None:
+        raise NotAnImageError(f"{path.name} holds structured (e.g. RGB) voxels, not intensities")
+    try:
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise CorruptVolumeError(f"{path.name} is damaged or truncated ({_first_line(exc)})") from None
+    return data, np.asarray(image.affine, dtype=np.float64), image.header
+
+
+def _check_raw_pixdim(path: Path, header_class: type[nib.Nifti1Header]) -> None:
+    """nibabel silently replaces zero pixdim by 1 on load; without an sform that would invent a geometry."""
+    with nib.openers.ImageOpener(path) as stream:
+        raw = header_class.from_fileobj(stream, check=False)
+    if int(raw["sform_code"]) == 0:
+        zooms = np.asarray(raw["pixdim"][1:4], dtype=float)
+        if np.any(zooms == 0) or not np.all(np.isfinite(zooms)):
+            raise SpacingError(
+                f"{path.name} has zero voxel spacing {_mm(zooms)}: its header geometry is broken"
+            )
+
+
+def _read_dicom_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+    """The largest DICOM series in ``folder`` (searched recursively) through SimpleITK's GDCM reader."""
+    import SimpleITK as sitk
+
+    series: dict[str, list[str]] = {}
+    for directory in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
+        for series_id in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or ():
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), series_id)
+            series.setdefault(series_id, []).extend(files)
+    if not series:
+        raise NotAnImageError(f"{folder} holds no DICOM series (and a folder cannot be read as NIfTI)")
+    ranked = sorted(series.items(), key=lambda item: len(item[1]), reverse=True)
+    chosen_id, files = ranked[0]
+    warnings = []
+    if len(ranked) > 1:
+        others = ", ".join(f"{len(f)} files" for _, f in ranked[1:])
+        warnings.append(
+            f"{folder.name} holds {len(ranked)} DICOM series; using the largest ({len(files)} files), "
+            f"ignoring the others ({others}); pass a folder with one series to choose another"
+        )
+    if len(files) < 2:
+        raise NotThreeDError(
+            f"the DICOM series in {folder.name} has a single slice: a 3D CT volume is needed"
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise CorruptVolumeError(
+            f"the DICOM series in {folder.name} cannot be read ({_first_line(exc)})"
+        ) from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise NotThreeDError(f"the DICOM series in {folder.name} is not a 3D greyscale volume")
+    modality = (
+        reader.GetMetaData(0, "0008|0060").strip().upper() if reader.HasMetaDataKey(0, "0008|0060") else ""
+    )
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
+    return data, _sitk_affine(image), modality or "unknown", warnings
+
+
+def _sitk_affine(image: object) -> np.ndarray:
+    """SimpleITK's LPS geometry as a nibabel RAS+ voxel-to-world affine."""
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)  # type: ignore[attr-defined]
+    spacing = np.array(image.GetSpacing(), dtype=np.float64)  # type: ignore[attr-defined]
+    origin = np.array(image.GetOrigin(), dtype=np.float64)  # type: ignore[attr-defined]
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
+    affine[:3, 3] = lps_to_ras @ origin
+    return affine
+
+
+def _as_three_d(data: np.ndarray, path: Path) -> np.ndarray:
+    """Squeeze trailing singleton axes (x, y, z, 1); refuse 2D and true 4D images."""
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2 or (data.ndim == 3 and 1 in data.shape[:3] and data.size > 0):
+        raise NotThreeDError(f"{path.name} is a 2D image (shape {data.shape}): a 3D CT volume is needed")
+    if data.ndim != 3:
+        raise NotThreeDError(
+            f"{path.name} has {data.ndim} dimensions (shape {data.shape}): a single 3D CT volume is needed; "
+            "split a time series or multi-channel image into 3D volumes first"
+        )
+    return data
+
+
+def _check_values(data: np.ndarray, path: Path) -> None:
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise NonFiniteError(
+            f"{path.name} holds {bad} NaN or infinite voxel values: the file is not a valid CT"
+        )
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        raise EmptyVolumeError(
+            f"{path.name} holds the single value {low:g} everywhere: there is nothing to segment"
+        )
+    values = _distinct_values(data)
+    if (
+        values is not None
+        and len(values) <= LABEL_MAP_MAX_VALUES
+        and low >= 0
+        and np.all(values == np.round(values))
+    ):
+        raise LabelMapError(
+            f"{path.name} looks like a label map ({len(values)} integer values from {low:g} to {high:g}), "
+            "not a CT: pass the CT image itself"
+        )
+
+
+def _distinct_values(data: np.ndarray) -> np.ndarray | None:
+    """The distinct values, or None as soon as a sample shows there are too many for a label map."""
+    step = max(1, int(np.ceil((data.size / UNIQUE_SAMPLE_VOXELS) ** (1 / 3))))
+    sample = np.unique(data[::step, ::step, ::step])
+    if len(sample) > LABEL_MAP_MAX_VALUES:
+        return None
+    return np.unique(data)
+
+
+def _check_spacing(affine: np.ndarray, path: Path) -> None:
+    if not np.all(np.isfinite(affine)):
+        raise SpacingError(f"{path.name} has a non-finite affine (voxel-to-world matrix)")
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(zooms <= 1e-6) or abs(np.linalg.det(affine[:3, :3])) <= 1e-12:
+        raise SpacingError(f"{path.name} has zero voxel spacing {_mm(zooms)}: its header geometry is broken")
+    if np.any(zooms > MAX_SPACING_MM):
+        raise SpacingError(
+            f"{path.name} has voxel spacing {_mm(zooms)}, above {MAX_SPACING_MM:g} mm: "
+            "its header geometry is wrong or it is not a CT volume"
+        )
+
+
+def _guess_modality(data: np.ndarray, tagged: str) -> tuple[str, str | None]:
+    """CT if tagged so or if it has air-like negative HU; MR if tagged so or non-negative; warn for non-CT."""
+    if tagged == "CT":
+        return "CT", None
+    if tagged in ("MR", "MRI"):
+        return "MR", "this is an MR series: TotalSegmentator 'total' is a CT model, expect poor segmentations"
+    if tagged not in ("", "unknown"):
+        return tagged, f"DICOM modality is {tagged}, not CT: TotalSegmentator 'total' is a CT model"
+    if float(data.min()) < CT_MIN_BELOW_HU:
+        return "CT", None
+    return "MR", (
+        "no air-like values below -500 HU: this looks like MR or a non-Hounsfield image; "
+        "TotalSegmentator 'total' is a CT model, expect poor segmentations"
+    )
+
+
+def _mm(zooms: np.ndarray) -> str:
+    return "x".join(f"{z:g}" for z in zooms) + " mm"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
