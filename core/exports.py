@@ -288,6 +288,26 @@ def segmentation_image(
     return image
 
 
+def stage_segmentation(
+    out: AtomicOutputs,
+    path: Path,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    styles: Sequence[LabelStyle],
+    reference_header: nib.Nifti1Header | None = None,
+) -> SegmentationFiles:
+    """Write the label map as NIfTI plus its ITK-SNAP and Slicer label tables into `out`'s pending files."""
+    path = Path(path)
+    if not (path.name.endswith(".nii.gz") or path.suffix == ".nii"):
+        raise ExportError(f"segmentation file name must end in .nii.gz or .nii, got {path.name}")
+    image = segmentation_image(labels, affine, reference_header)
+    itksnap_path, slicer_path = sidecar_paths(path)
+    nib.save(image, out.file_for(path))
+    out.file_for(itksnap_path).write_text(itksnap_label_text(styles), encoding="utf-8")
+    out.file_for(slicer_path).write_text(slicer_colour_table_text(styles, slicer_path.name), encoding="utf-8")
+    return SegmentationFiles(path, itksnap_path, slicer_path)
+
+
 def write_segmentation(
     path: Path,
     labels: np.ndarray,
@@ -295,19 +315,10 @@ def write_segmentation(
     styles: Sequence[LabelStyle],
     reference_header: nib.Nifti1Header | None = None,
 ) -> SegmentationFiles:
-    """Write the label map as NIfTI plus its ITK-SNAP and Slicer label tables, all or nothing."""
-    path = Path(path)
-    if not (path.name.endswith(".nii.gz") or path.suffix == ".nii"):
-        raise ExportError(f"segmentation file name must end in .nii.gz or .nii, got {path.name}")
-    image = segmentation_image(labels, affine, reference_header)
-    itksnap_path, slicer_path = sidecar_paths(path)
+    """The segmentation and its two label tables, all three or none."""
     with atomic_outputs() as out:
-        nib.save(image, out.file_for(path))
-        out.file_for(itksnap_path).write_text(itksnap_label_text(styles), encoding="utf-8")
-        out.file_for(slicer_path).write_text(
-            slicer_colour_table_text(styles, slicer_path.name), encoding="utf-8"
-        )
-    return SegmentationFiles(path, itksnap_path, slicer_path)
+        files = stage_segmentation(out, path, labels, affine, styles, reference_header)
+    return files
 
 
 def write_folder(target: Path, fill: Callable[[Path], object]) -> Path:
