@@ -39,7 +39,6 @@ torch thread count. A Segmenter is not thread-safe: drive it from one worker thr
 from __future__ import annotations
 
 import io
-import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
@@ -53,6 +52,7 @@ import torch
 
 from tuckerscope.core.errors import Cancelled, UserError
 from tuckerscope.core.model_folder import LoadedExpert
+from tuckerscope.core.model_sources import ts_task_of
 
 Roi = tuple[slice, slice, slice]
 ProgressCallback = Callable[[float, str], None]
@@ -60,15 +60,6 @@ CancelSignal = Callable[[], bool] | threading.Event | None
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("cpu", "cuda", "mps")
-# TS tasks: dataset id -> (resampling in mm done by TS before nnU-Net, tile step size TS uses for 'total*' tasks)
-TS_DATASET_RECIPES: dict[int, tuple[float, float]] = {
-    291: (1.5, 0.8),
-    292: (1.5, 0.8),
-    293: (1.5, 0.8),
-    294: (1.5, 0.8),
-    295: (1.5, 0.8),
-    297: (3.0, 0.8),
-}
 NNUNET_TILE_STEP = 0.5
 # model-grid voxels added around a mapped ROI (reach of nearest/linear resampling, plus rounding)
 ROI_MARGIN_VOXELS = 2
@@ -128,21 +119,12 @@ class SegmentationResult:
     complete: bool
 
 
-def dataset_id(expert: LoadedExpert) -> int | None:
-    """The nnU-Net dataset id ('Dataset291_...') of an expert's results folder, if its path names one."""
-    for part in (expert.spec.folder.name, expert.spec.folder.parent.name):
-        match = re.match(r"Dataset(\d+)_", part)
-        if match:
-            return int(match.group(1))
-    return None
-
-
 def recipe_for(expert: LoadedExpert) -> Recipe:
     """TS's recipe for the TS 'total'/'total_fast' experts; nnU-Net's own behaviour for any other model."""
-    ts = TS_DATASET_RECIPES.get(dataset_id(expert) or -1)
-    if ts is None:
+    task = ts_task_of(expert.spec.folder)
+    if task is None:
         return Recipe(resample_mm=None, tile_step_size=NNUNET_TILE_STEP)
-    return Recipe(resample_mm=ts[0], tile_step_size=ts[1])
+    return Recipe(resample_mm=task.resample_mm, tile_step_size=task.tile_step_size)
 
 
 def slab_roi(shape: tuple[int, ...], axis: int, index: int, half_width: int) -> Roi:

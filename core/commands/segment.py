@@ -1,0 +1,282 @@
+"""`tuckerscope segment`: segment a CT exactly as TotalSegmentator would, optionally with Tucker-compressed experts.
+
+Writes a multilabel NIfTI on the input grid (with ITK-SNAP and 3D Slicer label tables in TS colours), or with
+--split one mask per class in a folder, like TotalSegmentator without --ml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tuckerscope.core.errors import UserError
+from tuckerscope.core.model_folder import LoadedExpert
+from tuckerscope.core.model_sources import TASK_NAMES, ModelSource, resolve_source
+from tuckerscope.core.segmenter import (
+    DEVICES,
+    InferenceOptions,
+    Roi,
+    Segmenter,
+    check_roi,
+)
+from tuckerscope.core.volume import Volume, load_volume
+
+ALL_EXPERTS = "*"
+
+
+class SegmentArgumentError(UserError):
+    """A `segment` option has a value that cannot be used."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment a CT as TotalSegmentator does, optionally with compressed experts",
+        description="Segment a CT (NIfTI file or DICOM folder) with a TotalSegmentator task, the demo models or "
+        "any nnU-Net v2 model; --df compresses the experts with Tucker decomposition first.",
+    )
+    parser.add_argument(
+        "-i", "--input", required=True, type=Path, help="CT as .nii/.nii.gz or a DICOM folder"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, help="output .nii.gz (or a folder with --split)"
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--task", choices=TASK_NAMES, help="TotalSegmentator task or the demo (default: total)"
+    )
+    source.add_argument("--model", type=Path, help="nnU-Net v2 results folder (or a folder of them)")
+    parser.add_argument(
+        "--ts-home",
+        type=Path,
+        help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR or ~/.totalsegmentator)",
+    )
+    parser.add_argument(
+        "--df",
+        action="append",
+        default=[],
+        metavar="DF|EXPERT=DF",
+        help="Tucker decomposition factor in (0, 1] for all experts, or for one expert (repeatable)",
+    )
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 is the reference")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="run convolutions in channels_last_3d layout"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--roi", help="segment only this box of input voxels: x0:x1,y0:y1,z0:z1 (empty = all)"
+    )
+    parser.add_argument(
+        "--split", action="store_true", help="write one mask per class into the output folder"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = InferenceOptions(
+        device=args.device, precision=args.precision, channels_last=args.channels_last, threads=args.threads
+    )
+    options.torch_device()
+    _check_output(args.output, args.split)
+    volume = load_volume(args.input)
+    progress = TerminalProgress(enabled=not args.quiet)
+    for warning in volume.warnings:
+        progress.note(f"warning: {warning}")
+    roi = check_roi(parse_roi(args.roi), volume.shape) if args.roi else None
+    if args.model is not None:
+        source = resolve_source(model=args.model)
+    else:
+        source = resolve_source(task=args.task or "total", ts_home=args.ts_home)
+    experts = source.load()
+    dfs = parse_dfs(args.df, [e.name for e in experts])
+    started = time.perf_counter()
+    networks = compress_experts(experts, dfs, progress)
+    labels = segment_source(volume, source, experts, networks, options, roi, progress)
+    progress.finish(f"segmented in {time.perf_counter() - started:.1f} s")
+    write_output(args.output, labels, volume, source, split=args.split)
+    return 0
+
+
+def parse_roi(text: str) -> Roi:
+    """'x0:x1,y0:y1,z0:z1' (any bound may be left out) -> three slices."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise SegmentArgumentError(f"--roi needs three ranges x0:x1,y0:y1,z0:z1, got {text!r}")
+    slices = []
+    for axis, part in zip("xyz", parts, strict=True):
+        bounds = part.split(":")
+        if len(bounds) != 2:
+            raise SegmentArgumentError(f"--roi range for {axis} must look like start:stop, got {part!r}")
+        try:
+            start, stop = (int(b) if b.strip() else None for b in bounds)
+        except ValueError:
+            raise SegmentArgumentError(f"--roi range for {axis} must be integers, got {part!r}") from None
+        slices.append(slice(start, stop))
+    return (slices[0], slices[1], slices[2])
+
+
+def parse_dfs(values: Sequence[str], expert_names: Sequence[str]) -> dict[str, float]:
+    """['0.3'] -> every expert at 0.3; ['organs=0.2'] -> only organs; a plain value is the default for the rest."""
+    default: float | None = None
+    per_expert: dict[str, float] = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        df = _df_value(number, value)
+        if not name:
+            default = df
+        elif name not in expert_names:
+            raise SegmentArgumentError(
+                f"--df names unknown expert {name!r}; experts: {', '.join(expert_names)}"
+            )
+        else:
+            per_expert[name] = df
+    result = {name: default for name in expert_names if default is not None}
+    result.update(per_expert)
+    return {name: df for name, df in result.items() if df < 1.0 or name in per_expert}
+
+
+def _df_value(number: str, raw: str) -> float:
+    try:
+        df = float(number)
+    except ValueError:
+        raise SegmentArgumentError(f"--df {raw!r}: the factor must be a number in (0, 1]") from None
+    if not 0.0 < df <= 1.0:
+        raise SegmentArgumentError(f"--df {raw!r}: the factor must lie in (0, 1]")
+    return df
+
+
+def compress_experts(
+    experts: Sequence[LoadedExpert], dfs: Mapping[str, float], progress: TerminalProgress
+) -> dict[str, torch.nn.Module]:
+    """Tucker-compressed networks for the experts named in ``dfs`` (DF rule: ceil(C x DF), >= 8, <= C)."""
+    from tuckerscope.core.session import df_rank
+    from tuckerscope.core.tucker import TuckerEngine
+
+    networks: dict[str, torch.nn.Module] = {}
+    for expert in experts:
+        if expert.name not in dfs:
+            continue
+        df = dfs[expert.name]
+        channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
+        engine = TuckerEngine(expert.network, (1, channels, *expert.patch_size))
+        progress.update(0.0, f"{expert.name}: factorising for DF {df:g}")
+        engine.factorise(
+            progress=lambda done, total, _name, e=expert: progress.update(
+                done / total, f"{e.name}: factorising"
+            )
+        )
+        ranks = {
+            layer.name: (df_rank(layer.out_channels, df), df_rank(layer.in_channels, df))
+            for layer in engine.layers
+        }
+        networks[expert.name] = engine.compress(ranks).eval()
+    return networks
+
+
+def segment_source(
+    volume: Volume,
+    source: ModelSource,
+    experts: Sequence[LoadedExpert],
+    networks: Mapping[str, torch.nn.Module],
+    options: InferenceOptions,
+    roi: Roi | None,
+    progress: TerminalProgress,
+) -> np.ndarray:
+    """Every expert through the TS pipeline (compressed where ``networks`` has one), merged as TS merges."""
+    segmenter = Segmenter(volume.data, volume.affine)
+    outputs = []
+    for index, expert in enumerate(experts):
+        share = (index / len(experts), (index + 1) / len(experts))
+
+        def report(fraction: float, message: str, share: tuple[float, float] = share) -> None:
+            progress.update(share[0] + (share[1] - share[0]) * fraction, message)
+
+        network = networks.get(expert.name)
+        if roi is None:
+            labels = segmenter.segment(expert, network, options=options, progress=report)
+        else:
+            results = segmenter.segment_roi_first(
+                expert, network, roi=roi, options=options, progress=report, roi_only=True
+            )
+            labels = next(results).labels
+        outputs.append(labels)
+    return source.merge(outputs)
+
+
+def write_output(output: Path, labels: np.ndarray, volume: Volume, source: ModelSource, split: bool) -> None:
+    import nibabel as nib
+
+    from tuckerscope.core.exports import label_styles, segmentation_image, write_folder, write_segmentation
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not split:
+        write_segmentation(output, labels, volume.affine, label_styles(source.class_names), volume.header)
+        return
+
+    def fill(folder: Path) -> None:
+        for label, name in sorted(source.class_names.items()):
+            mask = (labels == label).astype(np.uint8)
+            nib.save(segmentation_image(mask, volume.affine, volume.header), folder / f"{name}.nii.gz")
+
+    write_folder(output, fill)
+
+
+def _check_output(output: Path, split: bool) -> None:
+    if split:
+        if output.exists() and not output.is_dir():
+            raise SegmentArgumentError(f"--split writes a folder, but {output} is a file")
+        return
+    if not (output.name.endswith(".nii.gz") or output.name.endswith(".nii")):
+        raise SegmentArgumentError(
+            f"output {output} must end in .nii.gz or .nii (or use --split for a folder)"
+        )
+
+
+class TerminalProgress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, a line per stage otherwise)."""
+
+    WIDTH = 30
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last_stage = ""
+        self.last_draw = 0.0
+
+    def update(self, fraction: float, message: str) -> None:
+        if not self.enabled:
+            return
+        stage = message.split(":")[0]
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last_draw < 0.1 and fraction < 1.0:
+                return
+            filled = int(round(self.WIDTH * min(max(fraction, 0.0), 1.0)))
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            sys.stderr.write(f"\r[{bar}] {fraction * 100:5.1f}% {message[:60]:<60}")
+            sys.stderr.flush()
+        elif stage != self.last_stage:
+            sys.stderr.write(f"{fraction * 100:5.1f}% {message}\n")
+        self.last_stage = stage
+        self.last_draw = now
+
+    def note(self, text: str) -> None:
+        if self.tty and self.last_stage:
+            sys.stderr.write("\n")
+        sys.stderr.write(f"tuckerscope: {text}\n")
+        self.last_stage = ""
+
+    def finish(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            sys.stderr.write("\n")
+        sys.stderr.write(f"tuckerscope: {text}\n")
