@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,11 +84,16 @@ class LoadedExpert:
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelFolderError(f"{path.name} is missing in {path.parent}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFolderError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(content, dict):
+        raise ModelFolderError(
+            f"{path} holds a JSON {type(content).__name__}, not an object: it is not nnU-Net's"
+        )
+    return content
 
 
 def expert_name_from_folder(folder: Path) -> str:
@@ -193,7 +199,10 @@ def _check_importable_names(class_name: str, kwargs: dict[str, Any], imported_ke
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Read an nnU-Net checkpoint as plain data; refuse anything that would need code to unpickle."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns on stderr about pickle protocols; the weights-only unpickler refuses what it cannot read.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelFolderError(f"checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as exc:

@@ -29,6 +29,7 @@ from tuckerscope.core.model_folder import (
     LoadedExpert,
     find_result_folders,
     load_expert,
+    read_json,
     spec_from_folder,
 )
 
@@ -289,7 +290,7 @@ def _folders_source(name: str, folders: Sequence[Path]) -> ModelSource:
     class_names: dict[int, str] = {}
     label_maps = []
     for spec in specs:
-        labels = json.loads(spec.dataset_json_path.read_text()).get("labels", {})
+        labels = read_json(spec.dataset_json_path).get("labels", {})
         mapping: dict[int, int] = {}
         for class_name, own in sorted(labels.items(), key=lambda item: _label_value(item[1])):
             value = _label_value(own)

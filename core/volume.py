@@ -8,6 +8,8 @@ segmenter reorients as TotalSegmentator does and returns labels on this very gri
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,18 @@ LABEL_MAP_MAX_VALUES = 256
 # CT air is about -1000 HU; an image whose minimum stays above this is unlikely to be in Hounsfield units.
 CT_MIN_BELOW_HU = -500.0
 UNIQUE_SAMPLE_VOXELS = 2_000_000
+# Leading bytes of files people save under a NIfTI name by mistake (offset, signature, what it is).
+OTHER_FORMATS = (
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive"),
+    (128, b"DICM", "a single DICOM file"),
+)
+# Slice steps may differ from their median by this fraction before a series counts as having gaps.
+SLICE_STEP_TOLERANCE = 0.1
+# Columns of the affine whose angle departs from 90 degrees by more than this are reported as sheared.
+SHEAR_TOLERANCE_DEGREES = 0.5
 
 
 class VolumeError(UserError):
@@ -104,6 +118,7 @@ def load_volume(path: Path | str) -> Volume:
     data = _as_three_d(data, path)
     _check_values(data, path)
     _check_spacing(affine, path)
+    warnings.extend(_shear_warnings(affine, path))
     guessed, modality_warning = _guess_modality(data, modality)
     if modality_warning:
         warnings.append(modality_warning)
@@ -111,8 +126,10 @@ def load_volume(path: Path | str) -> Volume:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    _check_not_other_format(path)
     try:
-        image = nib.load(path)
+        with _nibabel_log_silenced():
+            image = nib.load(path)
     except nib.filebasedimages.ImageFileError:
         raise NotAnImageError(f"{path.name} is not a NIfTI image (its header cannot be read)") from None
     except (EOFError, OSError, zlib.error, ValueError) as exc:
@@ -127,6 +144,35 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     except (EOFError, OSError, zlib.error, ValueError) as exc:
         raise CorruptVolumeError(f"{path.name} is damaged or truncated ({_first_line(exc)})") from None
     return data, np.asarray(image.affine, dtype=np.float64), image.header
+
+
+@contextmanager
+def _nibabel_log_silenced() -> Iterator[None]:
+    """nibabel logs header "fixes" (zero pixdim set to 1) to stderr; _check_raw_pixdim reports them instead.
+
+    nibabel's own LoggingOutputSuppressor leaves Python's last-resort handler printing, so disable the logger.
+    """
+    logger = nib.imageglobals.logger
+    was_disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
+
+
+def _check_not_other_format(path: Path) -> None:
+    """Name what a mis-named file really is (an empty copy, a PNG screenshot...) instead of 'bad header'."""
+    with path.open("rb") as stream:
+        head = stream.read(132)
+    if not head:
+        raise CorruptVolumeError(
+            f"{path.name} is an empty file (0 bytes): the copy or download did not finish; copy it again"
+        )
+    for offset, signature, kind in OTHER_FORMATS:
+        if head[offset : offset + len(signature)] == signature:
+            raise NotAnImageError(
+                f"{path.name} is {kind}, not a NIfTI file: open the CT itself (.nii/.nii.gz or a DICOM folder)"
+            )
 
 
 def _check_raw_pixdim(path: Path, header_class: type[nib.Nifti1Header]) -> None:
@@ -145,6 +191,8 @@ def _read_dicom_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, str, list[
     """The largest DICOM series in ``folder`` (searched recursively) through SimpleITK's GDCM reader."""
     import SimpleITK as sitk
 
+    # ITK prints warnings (no series found, missing slices) straight to stderr; the checks here say it instead.
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     series: dict[str, list[str]] = {}
     for directory in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
         for series_id in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or ():
@@ -176,11 +224,51 @@ def _read_dicom_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, str, list[
         ) from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise NotThreeDError(f"the DICOM series in {folder.name} is not a 3D greyscale volume")
+    _check_slice_steps(reader, len(files), folder)
     modality = (
         reader.GetMetaData(0, "0008|0060").strip().upper() if reader.HasMetaDataKey(0, "0008|0060") else ""
     )
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
     return data, _sitk_affine(image), modality or "unknown", warnings
+
+
+def _check_slice_steps(reader: object, count: int, folder: Path) -> None:
+    """Refuse a series with missing or duplicate slices: a reader would close the hole and misplace the anatomy."""
+    positions = []
+    for index in range(count):
+        if not (
+            reader.HasMetaDataKey(index, "0020|0032")  # type: ignore[attr-defined]
+            and reader.HasMetaDataKey(index, "0020|0037")  # type: ignore[attr-defined]
+        ):
+            return  # no geometry tags: nothing to check against, SimpleITK's spacing stands
+        origin = _decimals(reader.GetMetaData(index, "0020|0032"))  # type: ignore[attr-defined]
+        orientation = _decimals(reader.GetMetaData(index, "0020|0037"))  # type: ignore[attr-defined]
+        if len(origin) != 3 or len(orientation) != 6:
+            return
+        normal = np.cross(orientation[:3], orientation[3:])
+        positions.append(float(np.dot(normal, origin)))
+    steps = np.abs(np.diff(positions))
+    typical = float(np.median(steps))
+    if typical <= 0:
+        raise CorruptVolumeError(
+            f"the DICOM series in {folder.name} has several slices at each position: "
+            "it mixes acquisitions; export each one to its own folder"
+        )
+    off = np.flatnonzero(np.abs(steps - typical) > SLICE_STEP_TOLERANCE * typical)
+    if off.size:
+        first = int(off[0])
+        raise CorruptVolumeError(
+            f"the DICOM series in {folder.name} has missing slices or uneven slice spacing "
+            f"({steps[first]:g} mm between slices {first + 1} and {first + 2}, {typical:g} mm elsewhere): "
+            "copy the complete series, or resample it to NIfTI first (e.g. with dcm2niix)"
+        )
+
+
+def _decimals(text: str) -> np.ndarray:
+    try:
+        return np.array([float(v) for v in text.strip().split("\\") if v.strip()], dtype=np.float64)
+    except ValueError:
+        return np.zeros(0)
 
 
 def _sitk_affine(image: object) -> np.ndarray:
@@ -254,6 +342,19 @@ def _check_spacing(affine: np.ndarray, path: Path) -> None:
             f"{path.name} has voxel spacing {_mm(zooms)}, above {MAX_SPACING_MM:g} mm: "
             "its header geometry is wrong or it is not a CT volume"
         )
+
+
+def _shear_warnings(affine: np.ndarray, path: Path) -> list[str]:
+    """A sheared grid (e.g. uncorrected gantry tilt) is segmented on its voxel axes, as TotalSegmentator does."""
+    columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    cosines = [abs(float(columns[:, a] @ columns[:, b])) for a, b in ((0, 1), (0, 2), (1, 2))]
+    worst = float(np.degrees(np.arcsin(min(max(cosines), 1.0))))
+    if worst <= SHEAR_TOLERANCE_DEGREES:
+        return []
+    return [
+        f"{path.name} has voxel axes that are not orthogonal (sheared by {worst:.1f} degrees, e.g. an uncorrected "
+        "gantry tilt): it is segmented on its voxel grid, so anatomy appears slanted to the network"
+    ]
 
 
 def _guess_modality(data: np.ndarray, tagged: str) -> tuple[str, str | None]:
