@@ -1,0 +1,124 @@
+"""`tuckerscope eval` and `tuckerscope report` end to end on a small CT with a tiny random-weight model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tiny_model import write_tiny_model
+from tuckerscope.core.cli import main
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A 3 mm 'CT' (a soft-tissue ellipsoid with a bright core in air), a tiny model and a label map."""
+    root = tmp_path_factory.mktemp("case")
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in (30, 28, 20)), indexing="ij")
+    body = x**2 + y**2 + (z / 1.3) ** 2 < 0.8
+    ct = np.where(body, 40.0, -1000.0) + np.where(x**2 + y**2 + z**2 < 0.15, 300.0, 0.0)
+    ct += np.random.default_rng(0).normal(0, 10, ct.shape)
+    affine = np.diag([-3.0, -3.0, 3.0, 1.0])
+    affine[:3, 3] = [60.0, 50.0, -30.0]
+    nib.save(nib.Nifti1Image(ct.astype(np.int16), affine), root / "ct.nii.gz")
+    truth = np.zeros(ct.shape, np.uint8)
+    truth[body] = 1
+    truth[x**2 + y**2 + z**2 < 0.15] = 2
+    nib.save(nib.Nifti1Image(truth, affine), root / "truth.nii.gz")
+    nib.save(nib.Nifti1Image(truth[:-2], affine), root / "wrong_grid.nii.gz")
+    write_tiny_model(root / "models", seed=3)
+    return root
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_json_with_ground_truth(case, capsys, tmp_path):
+    code, out, err = run_cli(
+        capsys,
+        "eval", "-i", case / "ct.nii.gz", "--model", case / "models", "--df", "0.3", "--gt", case / "truth.nii.gz",
+        "--json", "--quiet", "--export", tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["experts"]["tiny"]["df"] == 0.3
+    assert result["experts"]["tiny"]["params_compressed"] < result["experts"]["tiny"]["params_original"]
+    metrics = result["metrics"]
+    assert set(metrics) == {
+        "compressed_vs_original",
+        "original_vs_ground_truth",
+        "compressed_vs_ground_truth",
+    }
+    for comparison in metrics.values():
+        assert comparison["tolerance_mm"] == 3.0
+        names = [c["name"] for c in comparison["classes"]] + comparison["excluded"]
+        assert sorted(names) == ["liver", "spleen"]
+        for c in comparison["classes"]:
+            assert 0.0 <= c["dice"] <= 1.0 and 0.0 <= c["nsd"] <= 1.0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert "ct_compressed.nii.gz" in written and "ct_metrics.csv" in written and "ct_original.ctbl" in written
+    exported = nib.load(tmp_path / "ct_compressed.nii.gz")
+    np.testing.assert_allclose(exported.affine, nib.load(case / "ct.nii.gz").affine)
+
+
+def test_eval_text_summary(case, capsys):
+    code, out, err = run_cli(
+        capsys, "eval", "-i", case / "ct.nii.gz", "--model", case / "models", "--df", "0.2"
+    )
+    assert code == 0, err
+    assert "tiny: DF 0.2, params" in out
+    assert re.search(r"compressed vs original \(NSD tolerance 3 mm", out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--df", "1.5"], "must lie in (0, 1]"),
+        ([], "give at least one --df"),
+        (["--df", "0.3", "--gt", "wrong_grid.nii.gz"], "not on the CT's voxel grid"),
+        (["--df", "0.3", "--gt", "absent.nii.gz"], "does not exist"),
+        (["--df", "0.3", "--tolerance", "-1"], "--tolerance"),
+        (["--df", "nosuchexpert=0.3"], "unknown expert"),
+    ],
+)
+def test_eval_bad_input_is_one_line(case, capsys, extra, message):
+    extra = [str(case / a) if a.endswith(".nii.gz") else a for a in extra]
+    code, out, err = run_cli(capsys, "eval", "-i", case / "ct.nii.gz", "--model", case / "models", *extra)
+    assert code == 2
+    assert err.startswith("tuckerscope: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_is_written_and_self_contained(case, capsys, tmp_path):
+    output = tmp_path / "report.html"
+    code, out, err = run_cli(
+        capsys,
+        "report", "-i", case / "ct.nii.gz", "--model", case / "models", "--df", "0.3", "--sweep", "0.5,0.2",
+        "-o", output, "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    text = output.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", text)
+    for heading in (
+        "Parameters and FLOPs",
+        "Measured times",
+        "Agreement per class",
+        "DF sweep",
+        "Explained variance",
+    ):
+        assert heading in text
+    assert text.count("data:image/png;base64,") >= 4
+
+
+def test_report_refuses_a_missing_folder(case, capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys, "report", "-i", case / "ct.nii.gz", "--model", case / "models", "--df", "0.3",
+        "-o", tmp_path / "nowhere" / "r.html",
+    )  # fmt: skip
+    assert code == 2 and "does not exist" in err
