@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 from torch import nn
 
+from tuckerscope.core.counting import count_network
 from tuckerscope.core.errors import Cancelled
 from tuckerscope.core.metrics import (
     DEFAULT_TOLERANCE_MM,
@@ -30,6 +31,7 @@ from tuckerscope.core.metrics import (
 )
 from tuckerscope.core.model_folder import LoadedExpert
 from tuckerscope.core.model_sources import ModelSource
+from tuckerscope.core.ranks import df_ranks, ranks_of
 from tuckerscope.core.segmenter import InferenceOptions, Segmenter
 from tuckerscope.core.sweep import RunCost
 from tuckerscope.core.tucker import TuckerEngine
@@ -39,16 +41,9 @@ ProgressCallback = Callable[[float, str], None]
 CancelSignal = Callable[[], bool] | threading.Event | None
 
 
-def df_rank(channels: int, df: float) -> int:
-    """The paper's DF rule for one channel mode: ceil(C x DF), at least 8, at most C."""
-    return int(min(channels, max(8, math.ceil(channels * df - 1e-9))))
-
-
 def ranks_for_df(engine: TuckerEngine, df: float) -> dict[str, tuple[int, int]]:
-    return {
-        layer.name: (df_rank(layer.out_channels, df), df_rank(layer.in_channels, df))
-        for layer in engine.layers
-    }
+    """Every layer's ranks under the paper's DF rule (ceil(C x DF), at least 8, at most C)."""
+    return ranks_of(df_ranks(engine.layers, df))
 
 
 def engine_for(expert: LoadedExpert, factorise: bool = True) -> TuckerEngine:
@@ -58,11 +53,6 @@ def engine_for(expert: LoadedExpert, factorise: bool = True) -> TuckerEngine:
     if factorise:
         engine.factorise()
     return engine
-
-
-def parameter_count(network: nn.Module) -> int:
-    """Parameters of a network, each shared tensor once (compressed copies share untouched layers)."""
-    return sum(p.numel() for p in {id(p): p for p in network.parameters()}.values())
 
 
 @dataclass
@@ -114,8 +104,8 @@ class CaseResult:
                 "params_original": e.params_original,
                 "params_compressed": e.params_compressed,
                 "params_ratio": e.params_original / max(e.params_compressed, 1),
-                "conv_flops_original": e.flops_original,
-                "conv_flops_compressed": e.flops_compressed,
+                "flops_original": e.flops_original,
+                "flops_compressed": e.flops_compressed,
                 "flops_ratio": e.flops_original / max(e.flops_compressed, 1),
             }
             for e in self.experts
@@ -132,8 +122,8 @@ class CaseResult:
                     "params_original": original,
                     "params_compressed": compressed,
                     "params_ratio": original / max(compressed, 1),
-                    "conv_flops_original": flops_original,
-                    "conv_flops_compressed": flops_compressed,
+                    "flops_original": flops_original,
+                    "flops_compressed": flops_compressed,
                     "flops_ratio": flops_original / max(flops_compressed, 1),
                 }
             )
@@ -167,8 +157,8 @@ class CaseResult:
                     "df": e.df,
                     "params_original": e.params_original,
                     "params_compressed": e.params_compressed,
-                    "conv_flops_original": e.flops_original,
-                    "conv_flops_compressed": e.flops_compressed,
+                    "flops_original": e.flops_original,
+                    "flops_compressed": e.flops_compressed,
                     "original_seconds": e.original_seconds,
                     "compressed_seconds": e.compressed_seconds,
                 }
@@ -260,68 +250,35 @@ def run_expert(
     started = time.perf_counter()
     original = segmenter.segment(expert, options=options, progress=part(0.0, 0.45), cancel=cancel)
     original_seconds = time.perf_counter() - started
-    params_original = parameter_count(expert.network)
     if df is None or df >= 1.0:
+        cost = count_network(engine_for(expert, factorise=False))
         return ExpertRun(
-            expert,
-            1.0,
-            original,
-            original,
-            original_seconds,
-            original_seconds,
-            params_original,
-            params_original,
-        )
+            expert, 1.0, original, original, original_seconds, original_seconds,
+            cost.params, cost.params, cost.flops, cost.flops,
+        )  # fmt: skip
     part(0.45, 0.55)(0.0, f"{expert.name}: factorising")
     engine = engine_for(expert)
     ranks = ranks_for_df(engine, df)
     network = engine.compress(ranks).eval()
     started = time.perf_counter()
     compressed = segmenter.segment(expert, network, options=options, progress=part(0.55, 1.0), cancel=cancel)
+    seconds = time.perf_counter() - started
+    original_cost, compressed_cost = count_network(engine), count_network(engine, ranks)
     return ExpertRun(
         expert=expert,
         df=df,
         original=original,
         compressed=compressed,
         original_seconds=original_seconds,
-        compressed_seconds=time.perf_counter() - started,
-        params_original=params_original,
-        params_compressed=parameter_count(network),
-        flops_original=conv_flops(engine),
-        flops_compressed=conv_flops(engine, ranks),
+        compressed_seconds=seconds,
+        params_original=original_cost.params,
+        params_compressed=compressed_cost.params,
+        flops_original=original_cost.flops,
+        flops_compressed=compressed_cost.flops,
         ranks=ranks,
         engine=engine,
         network=network,
     )
-
-
-def conv_flops(engine: TuckerEngine, ranks: Mapping[str, tuple[int, int]] | None = None) -> int:
-    """Multiply-adds of the network's convolutions on one patch (where nearly all of its FLOPs are).
-
-    A Tucker layer costs its three convs: C_in x r_in at the input size, r_in x r_out x k^3 and
-    r_out x C_out at the output size.
-    """
-    if engine.layer_shapes is None:
-        return 0
-    total = 0
-    for layer in engine.layers:
-        shapes = engine.layer_shapes[layer.name]
-        volume = layer.kernel_volume
-        c_in, c_out = layer.in_channels, layer.out_channels
-        r_out, r_in = (ranks or {}).get(layer.name, (c_out, c_in))
-        if (r_out, r_in) == (c_out, c_in):
-            voxels = shapes.input_voxels if layer.transposed else shapes.output_voxels
-            total += voxels * c_in * c_out * volume
-        elif layer.transposed:
-            total += (
-                shapes.input_voxels * (c_in * r_in + r_in * r_out * volume)
-                + shapes.output_voxels * r_out * c_out
-            )
-        else:
-            total += shapes.input_voxels * c_in * r_in + shapes.output_voxels * (
-                r_in * r_out * volume + r_out * c_out
-            )
-    return total
 
 
 class ModelSweepBackend:
@@ -379,8 +336,8 @@ class ModelSweepBackend:
             )
             self.originals[expert] = (labels, time.perf_counter() - started)
         labels, seconds = self.originals[expert]
-        engine = self.engine(expert)
-        return labels, RunCost(parameter_count(self.experts[expert].network), conv_flops(engine), seconds)
+        cost = count_network(self.engine(expert))
+        return labels, RunCost(cost.params, cost.flops, seconds)
 
     def compressed(
         self, expert: str, df: float, progress: ProgressCallback, cancel: CancelSignal
@@ -393,4 +350,5 @@ class ModelSweepBackend:
             self.experts[expert], network, options=self.options, progress=progress, cancel=cancel
         )
         seconds = time.perf_counter() - started
-        return labels, RunCost(parameter_count(network), conv_flops(engine, ranks), seconds)
+        cost = count_network(engine, ranks)
+        return labels, RunCost(cost.params, cost.flops, seconds)

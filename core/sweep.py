@@ -6,7 +6,8 @@ records the parameters, FLOPs and measured segmentation time of that run, with D
 paper's quality-vs-compression curve, for one scan.
 
 The sweep reaches models through a small `SweepBackend` protocol, so it runs the same for TS experts, the
-demo models or a test double; `ModelSweepBackend` is the real one (segmenter + Tucker engine + counts).
+demo models or a test double; `case_run.ModelSweepBackend` is the real one (segmenter, Tucker engine,
+counting).
 """
 
 from __future__ import annotations

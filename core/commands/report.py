@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from tuckerscope.core.case_run import CaseResult, ModelSweepBackend
 from tuckerscope.core.commands.eval import (
     EvalArgumentError,
@@ -21,6 +19,7 @@ from tuckerscope.core.commands.eval import (
 )
 from tuckerscope.core.commands.segment import TerminalProgress
 from tuckerscope.core.deliverables import report_content
+from tuckerscope.core.explained_variance import all_heatmaps
 from tuckerscope.core.report import LayerHeatmap, write_report
 from tuckerscope.core.sweep import DEFAULT_GRID, SweepResult, check_grid, run_sweep
 
@@ -65,13 +64,10 @@ def heatmaps_of(case: CaseResult) -> dict[str, list[LayerHeatmap]]:
     for run in case.experts:
         if run.engine is None:
             continue
-        layers = []
-        for name in run.engine.layer_names:
-            factors = run.engine.factors(name)
-            energy = factors.energy.double().numpy()
-            grid = np.cumsum(np.cumsum(energy, axis=0), axis=1) / max(factors.norm_sq, 1e-30)
-            layers.append(LayerHeatmap(name, grid, run.ranks.get(name, grid.shape)))
-        heatmaps[run.name] = layers
+        heatmaps[run.name] = [
+            LayerHeatmap(name, grid, run.ranks.get(name, grid.shape))
+            for name, grid in all_heatmaps(run.engine).items()
+        ]
     return heatmaps
 
 
