@@ -125,6 +125,7 @@ class SlicePairView(QtWidgets.QWidget):
         self._visible: set[int] = set()
         self._opacity = 0.5
         self._difference = False
+        self._compressed_title = "Compressed"
         self._plane = PLANES["axial"]
         self._position = (0, 0, 0)
         self._level, self._width = WINDOW_PRESETS[0].level, WINDOW_PRESETS[0].width
@@ -254,12 +255,16 @@ class SlicePairView(QtWidgets.QWidget):
         self._difference = bool(enabled)
         if self.difference_check.isChecked() != self._difference:
             self.difference_check.setChecked(self._difference)
-        self.compressed_canvas.title_label.setText(
-            "Compressed — difference (magenta missed, cyan added, yellow other class)"
-            if self._difference
-            else "Compressed"
-        )
+        self._update_title()
         self._redraw()
+
+    def set_compressed_title(self, title: str) -> None:
+        self._compressed_title = title
+        self._update_title()
+
+    def _update_title(self) -> None:
+        legend = " — difference: magenta missed, cyan added, yellow other class" if self._difference else ""
+        self.compressed_canvas.title_label.setText(self._compressed_title + legend)
 
     # ----- navigation ---------------------------------------------------------------------------------------
     @property

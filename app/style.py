@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import colorsys
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +34,6 @@ ONLY_COMPRESSED_RGB = (40, 230, 255)  # the compressed network added it
 OTHER_CLASS_RGB = (255, 220, 0)  # both labelled, different classes
 
 HEATMAP_COLORMAP = "viridis"
-
-
-def fallback_colour(label: int) -> tuple[int, int, int]:
-    """A distinct, stable colour for a label without a TS colour (golden-angle hues)."""
-    hue = (label * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
 
 
 def label_lut(

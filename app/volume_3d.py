@@ -7,6 +7,8 @@ tuckerscope.app.surfaces); each class is one actor, so visibility toggles need n
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import vtkmodules.vtkInteractionStyle  # noqa: F401  (registers the trackball interactor style)
 import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text rendering for the titles)
@@ -25,6 +27,20 @@ from vtkmodules.vtkRenderingCore import (
 )
 
 BACKGROUND = (0.08, 0.08, 0.1)
+
+
+def load_triton_before_opengl() -> None:
+    """Import triton (if installed) before any OpenGL context exists.
+
+    torch imports triton lazily (e.g. on the first FakeTensorMode); triton bundles its own LLVM, and loading
+    it after Mesa's llvmpipe (the software OpenGL VTK gets under Xvfb or in a VM) crashes the process.
+    Loaded first, both coexist. It costs about 0.1 s.
+    """
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
+load_triton_before_opengl()
 
 
 class SurfaceView(QtWidgets.QWidget):

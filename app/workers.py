@@ -23,9 +23,14 @@ from tuckerscope.core.errors import Cancelled
 
 @dataclass
 class JobContext:
-    """What a job function gets: a cancel event to pass to core, and ways to report progress and partials."""
+    """What a job function gets: cancel events to pass to core, and ways to report progress and partials.
+
+    ``cancel`` is set when a newer request supersedes the job or the user cancels; ``user_cancel`` only in
+    the second case, for work worth finishing even when superseded (an original segmentation that is cached).
+    """
 
     cancel: threading.Event
+    user_cancel: threading.Event
     _progress: Callable[[float, str], None]
     _partial: Callable[[Any], None]
     started: float = field(default_factory=time.perf_counter)
@@ -56,7 +61,12 @@ class _JobSignals(QtCore.QObject):
 
 class _Job(QtCore.QRunnable):
     def __init__(
-        self, generation: int, function: JobFunction, signals: _JobSignals, cancel: threading.Event
+        self,
+        generation: int,
+        function: JobFunction,
+        signals: _JobSignals,
+        cancel: threading.Event,
+        user_cancel: threading.Event,
     ) -> None:
         super().__init__()
         self.setAutoDelete(True)
@@ -64,6 +74,7 @@ class _Job(QtCore.QRunnable):
         self.function = function
         self.signals = signals
         self.cancel = cancel
+        self.user_cancel = user_cancel
 
     def run(self) -> None:
         if self.cancel.is_set():
@@ -71,6 +82,7 @@ class _Job(QtCore.QRunnable):
             return
         context = JobContext(
             cancel=self.cancel,
+            user_cancel=self.user_cancel,
             _progress=lambda f, m: self.signals.progress.emit(self.generation, f, m),
             _partial=lambda r: self.signals.partial.emit(self.generation, r),
         )
@@ -110,6 +122,7 @@ class JobLane(QtCore.QObject):
         self.pool.setMaxThreadCount(1)
         self._generation = 0
         self._cancel: threading.Event | None = None
+        self._user_cancel: threading.Event | None = None
         self._callbacks: JobCallbacks | None = None
         self._running = 0
         self._signals = _JobSignals(self)
@@ -128,21 +141,24 @@ class JobLane(QtCore.QObject):
         return self._running > 0
 
     def submit(self, function: JobFunction, callbacks: JobCallbacks) -> int:
-        """Cancel whatever this lane is doing and run ``function`` next; returns the job's generation."""
-        self.cancel()
+        """Supersede whatever this lane is doing and run ``function`` next; returns the job's generation."""
+        if self._cancel is not None:
+            self._cancel.set()
         self._generation += 1
         self._cancel = threading.Event()
+        self._user_cancel = threading.Event()
         self._callbacks = callbacks
         self._running += 1
         if self._running == 1:
             self.busyChanged.emit(self.name, True)
-        self.pool.start(_Job(self._generation, function, self._signals, self._cancel))
+        self.pool.start(_Job(self._generation, function, self._signals, self._cancel, self._user_cancel))
         return self._generation
 
     def cancel(self) -> None:
-        """Ask the current job to stop; its result will be dropped."""
-        if self._cancel is not None:
-            self._cancel.set()
+        """The user's cancel: stop the current job, including work it would finish when superseded."""
+        for event in (self._cancel, self._user_cancel):
+            if event is not None:
+                event.set()
 
     def wait(self, timeout_ms: int = -1) -> bool:
         """Block until the lane is idle (tests and shutdown only)."""
