@@ -21,8 +21,8 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from tuckerscope.app.agreement_panel import AgreementPanel, AgreementRow
 from tuckerscope.app.experts_panel import ClassEntry, ExpertEntry, ExpertsPanel
-from tuckerscope.app.figures_panel import FiguresPanel
-from tuckerscope.app.heatmap_panel import HeatmapPanel
+from tuckerscope.app.figures_panel import FiguresPanel, SizeFigures, human
+from tuckerscope.app.heatmap_panel import HeatmapPanel, LayerHeatmap
 from tuckerscope.app.launch_args import LaunchRequest, parse_launch_args
 from tuckerscope.app.recent_files import RecentFiles
 from tuckerscope.app.slice_views import PLANES, SlicePairView
@@ -32,25 +32,29 @@ from tuckerscope.app.surfaces import extract_label_surfaces
 from tuckerscope.app.timing_panel import TimingPanel
 from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
+from tuckerscope.core.counting import NetworkCost, count_network
 from tuckerscope.core.errors import UserError
+from tuckerscope.core.explained_variance import all_heatmaps
 from tuckerscope.core.live_segmentation import RankKey, SegmentationUpdate, run_segmentation
 from tuckerscope.core.session import AgreementResult, CaseVolume, ExpertModel, Session
 
 ORGANISATION = "TuckerScope"
 APPLICATION = "TuckerScope"
 SEGMENT_DEBOUNCE_MS = 200
-LANES = ("volume", "models", "segment", "surfaces_original", "surfaces_compressed", "agreement")
+LANES = ("volume", "models", "segment", "surfaces_original", "surfaces_compressed", "agreement", "heatmaps")
 CANCELLABLE_LANES = ("volume", "models", "segment")
 
 
 @dataclass(frozen=True)
 class CompressedBuild:
-    """A compressed network built during a drag, with the ranks it was built for."""
+    """A compressed network built during a drag (None at full rank), its size, and the ranks it is for."""
 
     expert: str
     rank_key: RankKey
     network: Any
     seconds: float
+    original: NetworkCost
+    compressed: NetworkCost
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -68,6 +72,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.lanes = {name: JobLane(name, self) for name in LANES}
         self.compress_lanes: dict[str, JobLane] = {}  # one per expert: dragging one must not drop another
         self.networks: dict[str, tuple[RankKey, Any]] = {}
+        self.sizes: dict[str, SizeFigures] = {}
         self.colours: dict[int, tuple[int, int, int]] = {}
         self._surfaces_source: dict[str, int] = {}
         self._build_views()
@@ -310,8 +315,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.surface_view.set_label_table(self.colours)
         self._clear_views()
         self.heatmap_panel.clear()
+        self.sizes.clear()
         for name in session.experts:
             self._on_ranks_changed(name)
+        self._start_heatmaps()
         self.schedule_segmentation(immediately=True)
 
     def _on_ranks_changed(self, name: str) -> None:
@@ -411,22 +418,29 @@ class MainWindow(QtWidgets.QMainWindow):
     def _build_compressed(self, name: str) -> None:
         """Rebuild the compressed network of one expert (milliseconds) so its figures follow the drag."""
         expert = self.session.experts[name]
-        key, ranks, engine = expert.rank_key(), expert.ranks(), expert.engine
-        if expert.is_full_rank():
-            self.networks.pop(name, None)
-            self.experts_panel.set_figures(name, "uncompressed (DF 1.0)")
-            return
+        key, ranks, engine, full = expert.rank_key(), expert.ranks(), expert.engine, expert.is_full_rank()
 
         def job(context: JobContext) -> CompressedBuild:
             start = time.perf_counter()
-            network = engine.compress(ranks)
-            return CompressedBuild(name, key, network, time.perf_counter() - start)
+            network = None if full else engine.compress(ranks)
+            seconds = time.perf_counter() - start
+            original = count_network(engine)
+            return CompressedBuild(name, key, network, seconds, original, count_network(engine, ranks))
 
         def built(result: CompressedBuild) -> None:
-            self.networks[result.expert] = (result.rank_key, result.network)
-            self.experts_panel.set_figures(
-                name, f"{len(ranks)} layers · compressed network built in {result.seconds * 1000:.0f} ms"
+            if result.network is None:
+                self.networks.pop(name, None)
+            else:
+                self.networks[name] = (result.rank_key, result.network)
+            self.sizes[name] = SizeFigures(
+                name,
+                result.original.params,
+                result.compressed.params,
+                result.original.flops,
+                result.compressed.flops,
             )
+            self.experts_panel.set_figures(name, describe_build(self.sizes[name], result.seconds, full))
+            self.figures_panel.set_figures([self.sizes[n] for n in self.session.experts if n in self.sizes])
 
         lane = self.compress_lanes.setdefault(name, JobLane(f"compress {name}", self))
         lane.submit(job, JobCallbacks(built, on_error=self._error_handler("Compression failed")))
@@ -445,6 +459,28 @@ class MainWindow(QtWidgets.QMainWindow):
         apply = view.set_original if side == "original" else view.set_compressed
         self.lanes[f"surfaces_{side}"].submit(
             job, JobCallbacks(apply, on_error=self._error_handler("Could not build the 3D surfaces"))
+        )
+
+    def _start_heatmaps(self) -> None:
+        """Explained-variance grids of every layer, read from the cached factors (no decomposition)."""
+        engines = {name: expert.engine for name, expert in self.session.experts.items()}
+
+        def job(context: JobContext) -> dict[str, list[LayerHeatmap]]:
+            result = {}
+            for index, (name, engine) in enumerate(engines.items()):
+                context.check()
+                context.progress(index / len(engines), f"heatmaps of {name}")
+                result[name] = [LayerHeatmap(layer, grid) for layer, grid in all_heatmaps(engine).items()]
+            return result
+
+        def ready(heatmaps: dict[str, list[LayerHeatmap]]) -> None:
+            for name, layers in heatmaps.items():
+                if name in self.session.experts:
+                    self.heatmap_panel.set_heatmaps(name, layers)
+                    self.heatmap_panel.set_ranks(name, self.session.experts[name].ranks())
+
+        self.lanes["heatmaps"].submit(
+            job, JobCallbacks(ready, on_error=self._error_handler("Heatmaps failed"))
         )
 
     def _start_agreement(self) -> None:
@@ -525,6 +561,15 @@ class MainWindow(QtWidgets.QMainWindow):
             lane.wait(10_000)
         self.surface_view.close_vtk()
         super().closeEvent(event)
+
+
+def describe_build(size: SizeFigures, seconds: float, full: bool) -> str:
+    """The figures line under an expert's slider."""
+    line = (
+        f"params {human(size.params_original)} → {human(size.params_compressed)} ({size.params_ratio:.1f}x) · "
+        f"FLOPs {human(size.flops_original)} → {human(size.flops_compressed)} ({size.flops_ratio:.1f}x)"
+    )
+    return line + (" · uncompressed" if full else f" · network built in {seconds * 1000:.0f} ms")
 
 
 def _settings_key(source: str) -> str:

@@ -8,7 +8,6 @@ function a worker thread calls with progress and cancel, and ``apply_*`` stores 
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from tuckerscope.core.live_segmentation import (
 from tuckerscope.core.metrics import ClassRef, ClassScore, compare
 from tuckerscope.core.model_folder import LoadedExpert
 from tuckerscope.core.model_sources import ModelSource
+from tuckerscope.core.ranks import check_df, df_ranks, ranks_of, with_overrides
 from tuckerscope.core.segmenter import Segmenter, slab_roi
 from tuckerscope.core.tucker import TuckerEngine
 
@@ -96,12 +96,8 @@ class ExpertModel:
 
     def ranks(self) -> dict[str, tuple[int, int]]:
         """Every layer's (r_out, r_in): the DF rule, then the per-layer overrides."""
-        ranks = {
-            layer.name: (df_rank(layer.out_channels, self.df), df_rank(layer.in_channels, self.df))
-            for layer in self.engine.layers
-        }
-        ranks.update(self.overrides)
-        return ranks
+        layers = self.engine.layers
+        return ranks_of(with_overrides(df_ranks(layers, self.df), self.overrides, layers))
 
     def is_full_rank(self) -> bool:
         return all(
@@ -112,11 +108,6 @@ class ExpertModel:
     def rank_key(self) -> RankKey:
         """Identifies the compressed network: equal keys, equal networks."""
         return (round(self.df, 6), tuple(sorted(self.overrides.items())))
-
-
-def df_rank(channels: int, df: float) -> int:
-    """The paper's DF rule: ceil(C x DF), at least 8, at most C."""
-    return int(min(channels, max(8, math.ceil(channels * df - 1e-9))))
 
 
 @dataclass(frozen=True)
@@ -177,8 +168,7 @@ class Session:
     def set_df(self, name: str, df: float) -> None:
         expert = self.expert(name)
         df = float(df)
-        if not 0.0 < df <= 1.0:
-            raise SessionError(f"DF must lie in (0, 1], got {df}")
+        check_df(df)
         if df != expert.df:
             expert.df = df
             expert.overrides.clear()
@@ -186,7 +176,7 @@ class Session:
 
     def set_layer_ranks(self, name: str, layer: str, r_out: int, r_in: int) -> None:
         expert = self.expert(name)
-        expert.engine.validate({layer: (int(r_out), int(r_in))})
+        with_overrides({}, {layer: (int(r_out), int(r_in))}, expert.engine.layers)  # raises if they do not fit
         expert.overrides[layer] = (int(r_out), int(r_in))
         self.events.ranks_changed.emit(name)
 
