@@ -176,7 +176,8 @@ class Session:
 
     def set_layer_ranks(self, name: str, layer: str, r_out: int, r_in: int) -> None:
         expert = self.expert(name)
-        with_overrides({}, {layer: (int(r_out), int(r_in))}, expert.engine.layers)  # raises if they do not fit
+        # with_overrides raises a RankPolicyError naming the layer when the ranks do not fit it
+        with_overrides({}, {layer: (int(r_out), int(r_in))}, expert.engine.layers)
         expert.overrides[layer] = (int(r_out), int(r_in))
         self.events.ranks_changed.emit(name)
 
