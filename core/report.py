@@ -86,7 +86,9 @@ def heatmap_figure(expert: str, layers: Sequence[LayerHeatmap]) -> str:
     plt = pyplot()
     columns = min(6, max(1, len(layers)))
     rows = math.ceil(len(layers) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.3 * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.2 * columns + 1.0, 2.5 * rows + 0.6), squeeze=False, layout="constrained"
+    )
     image = None
     for ax, layer in zip(axes.flat, layers, strict=False):
         grid = np.asarray(layer.grid, dtype=float)
@@ -101,16 +103,28 @@ def heatmap_figure(expert: str, layers: Sequence[LayerHeatmap]) -> str:
         )
         r_out, r_in = layer.chosen
         ax.plot([r_in], [r_out], marker="x", color="red", markersize=8, markeredgewidth=2)
-        ax.set_title(f"{layer.layer}\n({r_out}, {r_in})", fontsize=7)
+        ev = (
+            float(grid[r_out - 1, r_in - 1])
+            if 0 < r_out <= grid.shape[0] and 0 < r_in <= grid.shape[1]
+            else 1.0
+        )
+        ax.set_title(f"{short_layer_name(layer.layer)}\n({r_out}, {r_in}) EV {ev:.3f}", fontsize=6.5)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(layers) :]:
         ax.axis("off")
-    figure.supxlabel("r_in", fontsize=8)
-    figure.supylabel("r_out", fontsize=8)
-    figure.suptitle(f"{expert}: explained variance per layer (x = chosen ranks)", fontsize=10)
+    figure.supxlabel("r_in (input-channel rank)", fontsize=8)
+    figure.supylabel("r_out (output-channel rank)", fontsize=8)
+    figure.suptitle(f"{expert}: explained variance per layer (red x = chosen ranks)", fontsize=10)
     if image is not None:
         figure.colorbar(image, ax=axes, shrink=0.6, label="explained variance")
     return figure_png(figure)
+
+
+def short_layer_name(name: str) -> str:
+    """'encoder.stages.3.0.convs.1.conv' -> 'enc 3.0 conv 1': readable under a thumbnail."""
+    short = name.replace("encoder.stages.", "enc ").replace("decoder.stages.", "dec ")
+    short = short.replace("decoder.transpconvs.", "dec up ").replace("decoder.seg_layers.", "dec seg ")
+    return short.replace(".convs.", " conv ").replace(".conv", "").replace(".all_modules.0", "")
 
 
 def sweep_figure(sweep: SweepResult, expert: str) -> str:
@@ -118,7 +132,7 @@ def sweep_figure(sweep: SweepResult, expert: str) -> str:
     plt = pyplot()
     curve = sweep.curve(expert)
     original = sweep.originals.get(expert)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="constrained")
     for ax, x_of, label in (
         (axes[0], lambda c: c.params / 1e6, "parameters (millions)"),
         (axes[1], lambda c: c.seconds, "measured segmentation time (s)"),
@@ -161,7 +175,7 @@ def label_overlay(labels: np.ndarray, colours: Mapping[int, RGB], alpha: float =
 def snapshot_figure(snapshot: Snapshot, colours: Mapping[int, RGB]) -> str:
     """CT | original | compressed | disagreement, one slice."""
     plt = pyplot()
-    figure, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    figure, axes = plt.subplots(1, 4, figsize=(13, 3.6), layout="constrained")
     ct = np.clip((snapshot.ct + 160.0) / 400.0, 0.0, 1.0)  # soft-tissue window (W 400, L 40)
     disagree = snapshot.original != snapshot.compressed
     panels = (
