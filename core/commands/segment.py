@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        # nnU-Net warns on every load of TS's (old-format) plans; TotalSegmentator silences it the same way.
+        warnings.filterwarnings("ignore", category=UserWarning, module="nnunetv2")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     options = InferenceOptions(
         device=args.device, precision=args.precision, channels_last=args.channels_last, threads=args.threads
     )
@@ -157,7 +165,7 @@ def compress_experts(
     experts: Sequence[LoadedExpert], dfs: Mapping[str, float], progress: TerminalProgress
 ) -> dict[str, torch.nn.Module]:
     """Tucker-compressed networks for the experts named in ``dfs`` (DF rule: ceil(C x DF), >= 8, <= C)."""
-    from tuckerscope.core.session import df_rank
+    from tuckerscope.core.ranks import df_ranks, ranks_of
     from tuckerscope.core.tucker import TuckerEngine
 
     networks: dict[str, torch.nn.Module] = {}
@@ -173,11 +181,7 @@ def compress_experts(
                 done / total, f"{e.name}: factorising"
             )
         )
-        ranks = {
-            layer.name: (df_rank(layer.out_channels, df), df_rank(layer.in_channels, df))
-            for layer in engine.layers
-        }
-        networks[expert.name] = engine.compress(ranks).eval()
+        networks[expert.name] = engine.compress(ranks_of(df_ranks(engine.layers, df))).eval()
     return networks
 
 
