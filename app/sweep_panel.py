@@ -240,7 +240,7 @@ class SweepPanel(QtWidgets.QWidget):
                 label = pg.TextItem(f"{curve[i].df:g}", color=colour, anchor=(0.5, 1.3))
                 label.setPos(x, y)
                 plot.addItem(label)
-            if original is not None:
+            if original is not None and math.isfinite(float(x_of(original))):
                 plot.plot(
                     [float(x_of(original))],
                     [1.0],

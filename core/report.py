@@ -150,7 +150,7 @@ def sweep_figure(sweep: SweepResult, expert: str) -> str:
             ax.annotate(
                 f"{point.df:g}", (x, point.mean_dice), textcoords="offset points", xytext=(0, 6), fontsize=7
             )
-        if original is not None:
+        if original is not None and math.isfinite(x_of(original)):
             ax.axvline(x_of(original), color="grey", linestyle=":", label="original")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
