@@ -95,27 +95,31 @@ def conv_modules(network: nn.Module) -> dict[str, nn.Module]:
 def trace_layer_shapes(network: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerShapes]:
     """Shapes of the convs that actually run on an input of ``input_shape`` (N, C, D, H, W).
 
-    Runs the forward pass on fake tensors, so it costs no arithmetic and no memory even at full patch size.
-    Convs that do not run (deep-supervision heads when deep supervision is off) are absent from the result.
+    Runs the forward pass of a copy whose tensors live on the meta device, so it costs no arithmetic and no
+    memory even at full patch size. Convs that do not run (deep-supervision heads when deep supervision is
+    off) are absent from the result.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+    shadow = _copy_structure(network, {})
+    for module in shadow.modules():
+        for key, tensor in module._parameters.items():
+            if tensor is not None:
+                module._parameters[key] = nn.Parameter(
+                    torch.empty_like(tensor, device="meta"), requires_grad=False
+                )
+        for key, tensor in module._buffers.items():
+            if tensor is not None:
+                module._buffers[key] = torch.empty_like(tensor, device="meta")
     shapes: dict[str, LayerShapes] = {}
-    hooks = []
-    for name, module in conv_modules(network).items():
+    for name, module in conv_modules(shadow).items():
 
         def record(
             _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, name: str = name
         ) -> None:
             shapes[name] = LayerShapes(tuple(inputs[0].shape[2:]), tuple(output.shape[2:]))
 
-        hooks.append(module.register_forward_hook(record))
-    try:
-        with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
-            network(torch.empty(input_shape))
-    finally:
-        for hook in hooks:
-            hook.remove()
+        module.register_forward_hook(record)
+    with torch.no_grad():
+        shadow(torch.empty(input_shape, device="meta"))
     return shapes
 
 

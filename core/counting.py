@@ -58,19 +58,25 @@ def tucker_layer_cost(layer: ConvLayer, shapes: LayerShapes, r_out: int, r_in: i
     return LayerCost(params, flops)
 
 
-def count_network(engine: TuckerEngine, ranks: Mapping[str, tuple[int, int]] | None = None) -> NetworkCost:
+def count_network(
+    engine: TuckerEngine,
+    ranks: Mapping[str, tuple[int, int]] | None = None,
+    layer_shapes: Mapping[str, LayerShapes] | None = None,
+) -> NetworkCost:
     """Cost of the engine's network, compressed at ``ranks`` (None: the original).
 
     Mirrors TuckerEngine.compress: layers absent from ``ranks`` or at full rank on both modes stay original.
+    ``layer_shapes`` (from conv_layers.trace_layer_shapes) counts on another input size than the engine's.
     """
-    if engine.layer_shapes is None:
+    layer_shapes = layer_shapes if layer_shapes is not None else engine.layer_shapes
+    if layer_shapes is None:
         raise ValueError(
             "counting needs the engine to know the input shape (TuckerEngine(network, input_shape))"
         )
     ranks = ranks or {}
     layers = {}
     for layer in engine.layers:
-        shapes = engine.layer_shapes[layer.name]
+        shapes = layer_shapes[layer.name]
         r = ranks.get(layer.name)
         if r is None or (r[0] == layer.out_channels and r[1] == layer.in_channels):
             layers[layer.name] = original_layer_cost(layer, shapes)
