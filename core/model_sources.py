@@ -326,3 +326,26 @@ def ts_task_of(folder: Path) -> TsTask | None:
     """The TS task a results folder belongs to, by its dataset id."""
     number = dataset_id(folder)
     return next((task for task in TS_TASKS.values() if number in task.dataset_ids), None)
+
+
+def expert_specs(model: str | Path) -> list[ExpertSpec]:
+    """Every expert under ``model`` ('demo', a TS home, an nnU-Net results folder or a folder of them).
+
+    For commands that treat experts one by one (compress, bench): unlike ``folder_source`` a TS home with
+    several tasks is fine here. Expert names must be unique, since options like --df organs=0.3 use them.
+    """
+    if str(model) == "demo":
+        return list(demo_source().experts)
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelSourceError(
+            f"model folder {path} does not exist (give a TS home, an nnU-Net folder or 'demo')"
+        )
+    folders = find_result_folders(path)
+    if not folders:
+        raise ModelSourceError(f"no nnU-Net v2 results folder (plans.json + dataset.json) under {path}")
+    specs = [spec_from_folder(folder) for folder in folders]
+    names = [spec.name for spec in specs]
+    if len(set(names)) < len(names):
+        specs = [spec_from_folder(folder, name=f"{folder.parent.name}/{folder.name}") for folder in folders]
+    return specs
