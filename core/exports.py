@@ -67,11 +67,12 @@ def fallback_colour(label: int) -> RGB:
 def label_styles(names: Mapping[int, str], colours: Mapping[str, RGB] | None = None) -> list[LabelStyle]:
     """Styles for {label: name}, coloured as TS colours them unless `colours` says otherwise."""
     palette = ts_colours() if colours is None else colours
-    return [
-        LabelStyle(int(label), name, tuple(palette.get(name, fallback_colour(int(label)))))  # type: ignore[arg-type]
-        for label, name in sorted(names.items())
-        if int(label) > 0
-    ]
+    styles = []
+    for label, name in sorted(names.items()):
+        if int(label) > 0:
+            r, g, b = palette.get(name) or fallback_colour(int(label))
+            styles.append(LabelStyle(int(label), name, (int(r), int(g), int(b))))
+    return styles
 
 
 def itksnap_label_text(styles: Sequence[LabelStyle]) -> str:

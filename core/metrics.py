@@ -175,7 +175,7 @@ def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(s) for s in spacing)
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
         raise MetricsError(f"voxel spacing must be three positive numbers in mm, got {spacing}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def compare(

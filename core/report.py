@@ -4,6 +4,9 @@ Everything is inline: the figures are PNGs drawn with matplotlib's Agg backend a
 URIs, the style sheet is in the page, and nothing refers to a network address, so the file opens the same
 anywhere, offline, and nothing leaks when it is opened.
 
+Figures are drawn on matplotlib Figure objects directly, never through pyplot, so rendering is
+thread-safe and never touches the host's GUI backend (the window renders reports in a worker thread).
+
 The report takes plain data (`ReportContent`), so the CLI, the window and scripts fill it the same way.
 """
 
@@ -17,12 +20,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tuckerscope.core.exports import RGB, fallback_colour, write_text
 from tuckerscope.core.metrics import Comparison, Evaluation
 from tuckerscope.core.sweep import SweepResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -61,34 +68,26 @@ class ReportContent:
     notes: Sequence[str] = ()
 
 
-def figure_png(figure: object) -> str:
-    """A matplotlib figure as a base64 PNG data URI (the figure is closed afterwards)."""
-    import matplotlib.pyplot as plt
+def new_figure(width: float, height: float) -> Figure:
+    """A figure outside pyplot: no global state and no GUI backend, so a worker thread can draw safely."""
+    from matplotlib.figure import Figure
 
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def figure_png(figure: Figure) -> str:
+    """A matplotlib figure as a base64 PNG data URI (rendered by Agg, matplotlib's PNG writer)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")  # type: ignore[attr-defined]
-    plt.close(figure)  # type: ignore[arg-type]
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def pyplot() -> object:
-    """matplotlib.pyplot on the Agg backend, whatever backend the host process chose (no GUI, no Qt)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def heatmap_figure(expert: str, layers: Sequence[LayerHeatmap]) -> str:
     """Small multiples of every layer's explained-variance map, chosen ranks marked with a cross."""
-    plt = pyplot()
     columns = min(6, max(1, len(layers)))
     rows = math.ceil(len(layers) / columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(2.2 * columns + 1.0, 2.5 * rows + 0.6), squeeze=False, layout="constrained"
-    )
+    figure = new_figure(2.2 * columns + 1.0, 2.5 * rows + 0.6)
+    axes = figure.subplots(rows, columns, squeeze=False)
     image = None
     for ax, layer in zip(axes.flat, layers, strict=False):
         grid = np.asarray(layer.grid, dtype=float)
@@ -129,10 +128,10 @@ def short_layer_name(name: str) -> str:
 
 def sweep_figure(sweep: SweepResult, expert: str) -> str:
     """Dice and NSD (mean and worst class) against parameters and against measured time, for one expert."""
-    plt = pyplot()
     curve = sweep.curve(expert)
     original = sweep.originals.get(expert)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="constrained")
+    figure = new_figure(11, 3.8)
+    axes = figure.subplots(1, 2, sharey=True)
     for ax, x_of, label in (
         (axes[0], lambda c: c.params / 1e6, "parameters (millions)"),
         (axes[1], lambda c: c.seconds, "measured segmentation time (s)"),
@@ -174,8 +173,10 @@ def label_overlay(labels: np.ndarray, colours: Mapping[int, RGB], alpha: float =
 
 def snapshot_figure(snapshot: Snapshot, colours: Mapping[int, RGB]) -> str:
     """CT | original | compressed | disagreement, one slice."""
-    plt = pyplot()
-    figure, axes = plt.subplots(1, 4, figsize=(13, 3.6), layout="constrained")
+    rows, columns = snapshot.ct.shape
+    panel_height = 3.1 * rows * snapshot.aspect / max(columns, 1)  # keeps thin coronal slabs thin
+    figure = new_figure(13, min(max(panel_height, 1.0), 6.0) + 0.7)
+    axes = figure.subplots(1, 4)
     ct = np.clip((snapshot.ct + 160.0) / 400.0, 0.0, 1.0)  # soft-tissue window (W 400, L 40)
     disagree = snapshot.original != snapshot.compressed
     panels = (
