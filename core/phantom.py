@@ -5,15 +5,16 @@ demo experts need endless, varied training cases. The phantom is deterministic f
 varies body habitus, organ sizes and positions, tissue intensities, noise and inhomogeneity, so a network
 trained on many seeds generalises to new ones.
 
-Geometry is built in millimetres in the RAS+ world frame (x to the patient's left, y anterior, z superior),
-then rasterised on a voxel grid whose affine maps voxel indices straight to those millimetres. Arrays are in
-nibabel (x, y, z) order. Labels are painted at voxel centres in anatomical order (later structures win);
-the CT is the per-tissue HU map plus tissue texture, blurred by a point-spread function (partial volume),
+Geometry is built in millimetres in the RAS+ world frame (x towards the patient's right, y anterior,
+z superior), then rasterised on a voxel grid whose affine maps voxel indices straight to those
+millimetres. Arrays are in nibabel (x, y, z) order. Labels are painted at voxel centres in anatomical
+order (later structures win); the CT is the per-tissue HU map plus tissue texture, blurred by a point-spread function (partial volume),
 with a smooth inhomogeneity and correlated noise on top.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ CLASS_NAMES: dict[int, str] = dict(
             "aorta",
             "inferior_vena_cava",
             "small_bowel",
+            "stomach",
             "spinal_cord",
             "intervertebral_discs",
             "skeletal_muscle",
@@ -97,6 +99,7 @@ TISSUE_HU: dict[str, tuple[float, float]] = {
     "spleen": (118.0, 12.0),
     "kidney": (175.0, 20.0),
     "small_bowel": (35.0, 10.0),
+    "stomach": (25.0, 10.0),
     "spinal_cord": (28.0, 8.0),
     "intervertebral_discs": (90.0, 12.0),
     "vertebrae": (210.0, 40.0),
@@ -104,6 +107,9 @@ TISSUE_HU: dict[str, tuple[float, float]] = {
 }
 CORTEX_BOOST_HU: tuple[float, float] = (380.0, 80.0)
 GAS_HU = -950.0
+
+# RAS+: world x grows towards the patient's right, so the patient's left lies at negative x.
+LEFT, RIGHT = -1.0, 1.0
 
 _TISSUE_OF_CLASS: dict[str, str] = {
     "kidney_right": "kidney",
@@ -118,17 +124,19 @@ _TISSUE_OF_CLASS: dict[str, str] = {
     **{name: "ribs" for name in RIBS_LEFT + RIBS_RIGHT},
 }
 
-# (level, body height mm, height of the disc above it mm) at scale 1, from the bottom of the grid upwards.
-_SPINE_LAYOUT: tuple[tuple[str, float, float], ...] = (
-    ("L4", 26.0, 9.0),
-    ("L3", 27.0, 9.0),
-    ("L2", 26.0, 9.0),
-    ("L1", 25.0, 8.0),
-    ("T12", 24.0, 6.5),
-    ("T11", 23.0, 6.0),
-    ("T10", 22.0, 6.0),
-    ("T9", 21.0, 5.5),
-    ("T8", 20.0, 5.5),
+# (level, body height mm, height of the disc above it mm, caudal drop of the spinous process tip in body
+# heights) at scale 1, from the bottom of the grid upwards. The drop eases from the steep thoracic processes
+# to the flat lumbar ones so that neighbouring processes never touch.
+_SPINE_LAYOUT: tuple[tuple[str, float, float, float], ...] = (
+    ("L4", 26.0, 9.0, 0.2),
+    ("L3", 27.0, 9.0, 0.2),
+    ("L2", 26.0, 9.0, 0.2),
+    ("L1", 25.0, 8.0, 0.2),
+    ("T12", 24.0, 6.5, 0.45),
+    ("T11", 23.0, 6.0, 0.7),
+    ("T10", 22.0, 6.0, 0.85),
+    ("T9", 21.0, 5.5, 0.9),
+    ("T8", 20.0, 5.5, 0.9),
 )
 
 
@@ -149,13 +157,11 @@ class Phantom:
 
     def mask(self, name: str) -> np.ndarray:
         """Boolean mask of a fine class ('liver') or of a group of them ('vertebrae', 'ribs_left')."""
-        names = CLASS_GROUPS.get(name, (name,))
-        unknown = [n for n in names if n not in LABEL_IDS]
-        if unknown:
-            raise PhantomError(
-                f"the phantom has no class {unknown[0]!r}; known: fine classes and {sorted(CLASS_GROUPS)}"
-            )
-        return np.isin(self.labels, [LABEL_IDS[n] for n in names])
+        return np.isin(self.labels, fine_label_ids(name))
+
+    def label_map(self, classes: Mapping[int, str]) -> np.ndarray:
+        """The true labels renumbered for a model: {its label value: fine class or group name}, rest 0."""
+        return lookup_table(classes)[self.labels]
 
     def to_nifti(self) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
         """(CT image in HU as float32, label image as uint8), both with the phantom's affine."""
@@ -168,6 +174,27 @@ class Phantom:
             image.set_qform(self.affine, code=1)
             image.set_sform(self.affine, code=1)
         return ct, labels
+
+
+def lookup_table(classes: Mapping[int, str]) -> np.ndarray:
+    """Fine phantom label -> label value in ``classes`` ({value: fine class or group name}), 0 elsewhere."""
+    table = np.zeros(256, dtype=np.uint8)
+    for value, name in classes.items():
+        if not 0 < int(value) < 256:
+            raise PhantomError(f"label value {value} for {name!r} is outside 1..255")
+        table[fine_label_ids(name)] = int(value)
+    return table
+
+
+def fine_label_ids(name: str) -> list[int]:
+    """The phantom's label values making up a fine class or a group ('ribs_left' -> rib_left_8..12)."""
+    names = CLASS_GROUPS.get(name, (name,))
+    unknown = [n for n in names if n not in LABEL_IDS]
+    if unknown:
+        raise PhantomError(
+            f"the phantom has no class {unknown[0]!r}; it knows its fine classes and {', '.join(CLASS_GROUPS)}"
+        )
+    return [LABEL_IDS[n] for n in names]
 
 
 class _Grid:
@@ -216,6 +243,7 @@ class _Vertebra:
     rx: float
     ry: float
     thoracic: bool
+    spinous_drop: float
 
 
 def _superellipse(
@@ -247,12 +275,14 @@ def _rotation_y(angle: float) -> np.ndarray:
 class _Painter:
     """Rasterises one phantom's anatomy into a label map, structure by structure."""
 
-    def __init__(self, grid: _Grid, rng: np.random.Generator) -> None:
+    def __init__(self, grid: _Grid, rng: np.random.Generator, field_rng: np.random.Generator) -> None:
         self.grid = grid
         self.rng = rng
+        self.field_rng = field_rng
         self.labels = np.zeros(grid.shape, dtype=np.uint8)
         self.bone_cortex_candidates = np.zeros(grid.shape, dtype=bool)
         self.table = np.zeros(grid.shape, dtype=bool)
+        self.gas_level: tuple[int, float] | None = None  # (label, y in mm): gas fills that label above y
 
     def uniform(self, lo: float, hi: float) -> float:
         return float(self.rng.uniform(lo, hi))
@@ -289,14 +319,14 @@ def _spine_levels(painter: _Painter, top: float) -> tuple[list[_Vertebra], float
     """Vertebrae L4..T8 with the grid's bottom cutting L4 and its top cutting T8; returns them and the scale."""
     rng_u = painter.uniform
     bottoms, z = [], 0.0
-    for _, height, disc in _SPINE_LAYOUT:
+    for _, height, disc, _ in _SPINE_LAYOUT:
         bottoms.append(z)
         z += height + disc
     low_cut = bottoms[0] + rng_u(0.3, 0.7) * _SPINE_LAYOUT[0][1]
     high_cut = bottoms[-1] + rng_u(0.3, 0.7) * _SPINE_LAYOUT[-1][1]
     scale = top / (high_cut - low_cut)
     vertebrae = []
-    for (level, height, _), bottom in zip(_SPINE_LAYOUT, bottoms, strict=True):
+    for (level, height, _, drop), bottom in zip(_SPINE_LAYOUT, bottoms, strict=True):
         thoracic = level.startswith("T")
         size = rng_u(0.92, 1.08)
         vertebrae.append(
@@ -307,6 +337,7 @@ def _spine_levels(painter: _Painter, top: float) -> tuple[list[_Vertebra], float
                 rx=(17.0 if thoracic else 22.0) * size,
                 ry=(14.5 if thoracic else 16.0) * size,
                 thoracic=thoracic,
+                spinous_drop=drop,
             )
         )
     return vertebrae, scale
@@ -328,12 +359,15 @@ def make_phantom(
     extent = [n * s for n, s in zip(shape, spacing3, strict=True)]
     if extent[0] < 300 or extent[1] < 220 or extent[2] < 150:
         raise PhantomError(f"the grid spans {extent} mm; the torso needs at least 300 x 220 x 150 mm")
-    rng = np.random.default_rng(seed)
+    # Separate streams: anatomy and tissue HU never depend on the grid, random fields and scan noise do.
+    anatomy_rng, field_rng, scan_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+    )
     grid = _Grid(tuple(int(n) for n in shape), spacing3)
-    painter = _Painter(grid, rng)
-    hu = _draw_tissue_hu(rng)
+    painter = _Painter(grid, anatomy_rng, field_rng)
+    hu = _draw_tissue_hu(anatomy_rng)
     _paint_anatomy(painter)
-    ct = _render_ct(painter, hu, rng)
+    ct = _render_ct(painter, hu, scan_rng)
     labels = painter.labels
     ct.flags.writeable = False
     labels.flags.writeable = False
@@ -394,61 +428,66 @@ def _paint_anatomy(painter: _Painter) -> None:
     dome_r_apex = level_z["T10"] + u(-8, 8)
     dome_l_apex = dome_r_apex - u(8, 20)
     dome_depth = u(55, 80)
-    dome_r = dome_r_apex - dome_depth * (((x - (cx - 55)) / 95) ** 2 + ((y - (cy + 15)) / 110) ** 2)
-    dome_l = dome_l_apex - dome_depth * (((x - (cx + 55)) / 95) ** 2 + ((y - (cy + 15)) / 110) ** 2)
+    dome_r = dome_r_apex - dome_depth * (((x - (cx + RIGHT * 55)) / 95) ** 2 + ((y - (cy + 15)) / 110) ** 2)
+    dome_l = dome_l_apex - dome_depth * (((x - (cx + LEFT * 55)) / 95) ** 2 + ((y - (cy + 15)) / 110) ** 2)
     dome = np.maximum(dome_r, dome_l)
 
     # Small bowel: loops of a smooth random field in the lower anterior abdomen.
-    bowel_field = _smooth_field(painter.rng, grid, sigma_mm=9.0)
+    bowel_field = _smooth_field(painter.field_rng, grid, sigma_mm=9.0)
     liver_floor = dome_r_apex - u(95, 125) * scale
     abdomen = cavity & (z < liver_floor + 20) & (y > yb + 25)
     painter.paint(np.s_[:, :, :], abdomen & (bowel_field > u(-0.1, 0.3)), "small_bowel")
 
     # Lungs fill the thoracic cavity above the domes, apart from a mediastinal strip.
     lungs = cavity & (z > dome + 5) & (section(fat_side + wall + 4, fat_front + wall + 4, back_wall + 4) <= 1)
-    x_mid = xs + u(2, 8)
+    x_mid = xs + LEFT * u(2, 8)
     strip = u(14, 22)
-    painter.paint(np.s_[:, :, :], lungs & (x > x_mid + strip), "lung_left")
-    painter.paint(np.s_[:, :, :], lungs & (x < x_mid - strip), "lung_right")
+    painter.paint(np.s_[:, :, :], lungs & (LEFT * (x - x_mid) > strip), "lung_left")
+    painter.paint(np.s_[:, :, :], lungs & (RIGHT * (x - x_mid) > strip), "lung_right")
     painter.paint(np.s_[:, :, :], cavity & (z <= dome + 5) & (z > dome), "skeletal_muscle")
 
     below_dome = cavity & (z < dome - 1)
     above_dome = cavity & (z > dome + 5)
     painter.ellipsoid(
         "heart",
-        (cx + u(10, 25), cy + u(25, 40), dome_l_apex + u(45, 65)),
-        (u(55, 70), u(42, 52), u(50, 62)),
-        rotation=_rotation_z(u(-0.5, -0.2)),
+        (cx + LEFT * u(10, 25), cy + u(25, 40), dome_l_apex + u(45, 65)),
+        (u(48, 60), u(38, 48), u(45, 55)),
+        rotation=_rotation_z(LEFT * u(0.2, 0.5)),
         where=above_dome,
     )
 
     # Liver: a large right lobe under the right dome plus a left lobe reaching across the midline; it stays
     # out of the retroperitoneum in front of the spine, where the aorta runs.
-    liver_space = below_dome & ~((x > xs - 12) & (y < yb + u(40, 50)))
+    liver_space = below_dome & ~((LEFT * (x - xs) > -12) & (y < yb + u(40, 50)))
     liver_z = dome_r_apex - u(55, 70)
     painter.ellipsoid(
         "liver",
-        (cx - u(45, 65), cy + u(0, 15), liver_z),
+        (cx + RIGHT * u(45, 65), cy + u(0, 15), liver_z),
         (u(85, 105), u(80, 95), (liver_z - liver_floor) * u(1.0, 1.15)),
         where=liver_space,
     )
     painter.ellipsoid(
         "liver",
-        (cx + u(5, 30), cy + u(35, 55), dome_r_apex - u(30, 45)),
+        (cx + LEFT * u(5, 30), cy + u(35, 55), dome_r_apex - u(30, 45)),
         (u(45, 65), u(28, 40), u(28, 38)),
         where=liver_space,
     )
     painter.ellipsoid(
         "spleen",
-        (cx + a.mean() - fat_side - wall - u(35, 45), cy - u(15, 35), dome_l_apex - u(40, 55)),
-        (u(20, 26), u(45, 58), u(40, 55)),
-        rotation=_rotation_z(u(-0.9, -0.5)),
+        (cx + LEFT * (a.mean() - fat_side - wall - u(26, 34)), cy - u(15, 35), dome_l_apex - u(40, 55)),
+        (u(24, 30), u(50, 62), u(45, 58)),
+        rotation=_rotation_z(LEFT * u(0.5, 0.9)),
         where=below_dome,
     )
 
+    # Stomach in front of the spleen under the left dome, with its gas bubble on top (the patient lies supine).
+    stomach_center = (cx + LEFT * u(35, 55), cy + u(10, 30), dome_l_apex - u(35, 50))
+    painter.ellipsoid("stomach", stomach_center, (u(28, 38), u(24, 32), u(32, 42)), where=below_dome)
+    painter.gas_level = (LABEL_IDS["stomach"], stomach_center[1] + u(10, 22))
+
     # Kidneys lie beside L1-L2, the right one lower, their poles tilted towards the spine.
-    for side, name in ((1.0, "kidney_left"), (-1.0, "kidney_right")):
-        kz = (level_z["L1"] + level_z["L2"]) / 2 + (u(-10, 10) if side > 0 else -u(5, 25))
+    for side, name in ((LEFT, "kidney_left"), (RIGHT, "kidney_right")):
+        kz = (level_z["L1"] + level_z["L2"]) / 2 + (u(-10, 10) if side == LEFT else -u(5, 25))
         kx = xs + side * u(55, 68)
         ky = yb + u(-8, 6)
         rotation = _rotation_y(side * u(0.1, 0.3)) @ _rotation_z(side * u(0.3, 0.6))
@@ -462,7 +501,7 @@ def _paint_anatomy(painter: _Painter) -> None:
         )
 
     # Back muscles beside the spine, behind the cavity; psoas from T12 down, growing caudally.
-    for side, name in ((1.0, "autochthon_left"), (-1.0, "autochthon_right")):
+    for side, name in ((LEFT, "autochthon_left"), (RIGHT, "autochthon_right")):
         zz = np.clip((z - level_z["T12"]) / top, -1, 1)
         semi_x = u(22, 28) * (1 - 0.35 * np.clip(zz, 0, 1))
         semi_y = u(20, 26) * (1 - 0.35 * np.clip(zz, 0, 1))
@@ -471,7 +510,7 @@ def _paint_anatomy(painter: _Painter) -> None:
         mask = (((x - ax) / semi_x) ** 2 + ((y - ay) / semi_y) ** 2 <= 1) & (muscle_outer <= 1) & ~cavity
         painter.paint(np.s_[:, :, :], mask, name)
     psoas_top = level_z["T12"] + u(-5, 10)
-    for side, name in ((1.0, "iliopsoas_left"), (-1.0, "iliopsoas_right")):
+    for side, name in ((LEFT, "iliopsoas_left"), (RIGHT, "iliopsoas_right")):
         radius = np.clip((psoas_top - z) / (psoas_top - level_z["L4"]), 0, 1) * u(16, 22)
         px = xs + side * (u(24, 30) + 0.5 * radius)
         mask = ((x - px) ** 2 + (y - (yb + u(-2, 6))) ** 2 <= radius**2) & (z < psoas_top)
@@ -480,12 +519,12 @@ def _paint_anatomy(painter: _Painter) -> None:
     # Great vessels: the aorta left-anterior of the spine, moving beside it in the thorax; the IVC on the right.
     t = np.clip((z - (dome_l_apex - 20)) / 50, 0, 1)
     ra = u(10, 13)
-    ax = xs + u(10, 16) + t * u(8, 14)
+    ax = xs + LEFT * (u(10, 16) + t * u(8, 14))
     ay = yb + 16 + ra + 3 - t * u(14, 22)
     painter.paint(np.s_[:, :, :], (x - ax) ** 2 + (y - ay) ** 2 <= ra**2, "aorta")
-    ivc = (((x - (xs - u(22, 28))) / u(11, 14)) ** 2 + ((y - (yb + 16 + u(12, 18))) / u(8, 10)) ** 2 <= 1) & (
-        z < dome_r_apex - 10
-    )
+    ivc = (
+        ((x - (xs + RIGHT * u(22, 28))) / u(11, 14)) ** 2 + ((y - (yb + 16 + u(12, 18))) / u(8, 10)) ** 2 <= 1
+    ) & (z < dome_r_apex - 10)
     painter.paint(np.s_[:, :, :], ivc & cavity, "inferior_vena_cava")
 
     _paint_spine(painter, vertebrae, xs, yb, canal_r)
@@ -498,6 +537,7 @@ def _paint_anatomy(painter: _Painter) -> None:
 
 def _paint_spine(painter: _Painter, vertebrae: list[_Vertebra], xs: float, yb: float, canal_r: float) -> None:
     grid, u = painter.grid, painter.uniform
+    sp_len = u(24, 34)  # one length for all spinous processes keeps sloping neighbours apart
     for lower, upper in zip(vertebrae[:-1], vertebrae[1:], strict=True):
         rx, ry = (lower.rx + upper.rx) / 2, (lower.ry + upper.ry) / 2
         box = grid.box((xs - rx, yb - ry, lower.z1), (xs + rx, yb + ry, upper.z0))
@@ -518,16 +558,14 @@ def _paint_spine(painter: _Painter, vertebrae: list[_Vertebra], xs: float, yb: f
         arch_height = (z >= v.z0 + 0.08 * h) & (z <= v.z1 - 0.05 * h)
         arch = (r_canal > canal_r) & (r_canal <= canal_r + u(5, 6.5)) & (y < yb - v.ry + 4) & arch_height
         # spinous process: posterior, sloping caudally in the thoracic spine
-        sp_len = u(24, 34)
         depth = np.clip((y_canal - canal_r - y) / sp_len, 0, None)
-        slope = (0.9 if v.thoracic else 0.2) * h
-        sp_z = z + depth * slope
+        sp_z = z + depth * v.spinous_drop * h
         spinous = (
             (np.abs(dx) <= u(3.0, 4.5))
             & (y < y_canal - canal_r)
             & (depth <= 1)
-            & (sp_z >= v.z0 + 0.15 * h)
-            & (sp_z <= v.z1 - 0.1 * h)
+            & (sp_z >= v.z0 + 0.2 * h)
+            & (sp_z <= v.z1 - 0.15 * h)
         )
         # transverse processes: lateral, angled backwards in the thoracic spine
         tp_len = u(30, 36) if v.thoracic else u(34, 42)
@@ -591,7 +629,7 @@ def _paint_ribs(
         zs = np.flatnonzero(zsel)
         sl_z = slice(zs[0], zs[-1] + 1)
         zz = z[:, :, sl_z]
-        for side, prefix in ((1.0, "rib_left_"), (-1.0, "rib_right_")):
+        for side, prefix in ((LEFT, "rib_left_"), (RIGHT, "rib_right_")):
             dx = (x - cx) * side
             dy = y - cy
             ring_b = np.where(dy >= 0, ring_front, ring_back)
@@ -637,6 +675,9 @@ def _render_ct(painter: _Painter, hu: dict[str, float], rng: np.random.Generator
     bowel = labels == LABEL_IDS["small_bowel"]
     gas = bowel & (_smooth_field(rng, grid, sigma_mm=5.0) > rng.uniform(0.6, 1.2))
     ct[gas] = GAS_HU
+    if painter.gas_level is not None:
+        label, level = painter.gas_level
+        ct[(labels == label) & (grid.y[None, :, None] > level)] = GAS_HU
 
     # Bone: dense cortex on the outer shell, cancellous inside.
     bone = painter.bone_cortex_candidates
