@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from warnings import catch_warnings, simplefilter
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import HeaderDataError
 
 from tuckerscope.core.errors import UserError
 
@@ -25,6 +27,10 @@ LABEL_MAP_MAX_VALUES = 256
 # CT air is about -1000 HU; an image whose minimum stays above this is unlikely to be in Hounsfield units.
 CT_MIN_BELOW_HU = -500.0
 UNIQUE_SAMPLE_VOXELS = 2_000_000
+# Beyond this the float32 copy alone takes 4 GB and segmentation needs several times that (8 GB budget).
+MAX_VOXELS = 2**30
+# Deflate cannot compress better than about 1032:1, so a .gz file holds at most this many bytes per byte.
+DEFLATE_MAX_RATIO = 1100
 # Leading bytes of files people save under a NIfTI name by mistake (offset, signature, what it is).
 OTHER_FORMATS = (
     (0, b"\x89PNG\r\n\x1a\n", "a PNG image"),
@@ -67,6 +73,10 @@ class SpacingError(VolumeError):
     """The voxel spacing is zero, negative, not finite or implausibly large."""
 
 
+class VolumeTooLargeError(VolumeError):
+    """The image has more voxels than can be held in memory."""
+
+
 class LabelMapError(VolumeError):
     """The image is a segmentation (few integer values), not a CT."""
 
@@ -98,8 +108,16 @@ class Volume:
 
 
 def load_volume(path: Path | str) -> Volume:
-    """Read a NIfTI file or the largest DICOM series in a folder, and validate it as a CT volume."""
-    path = Path(path)
+    """Read a NIfTI file or the largest DICOM series in a folder, and validate it as a CT volume.
+
+    Readers warn (on stderr) about the broken headers they repair; the checks here report what matters instead.
+    """
+    with catch_warnings(), np.errstate(all="ignore"):
+        simplefilter("ignore")
+        return _load_volume(Path(path))
+
+
+def _load_volume(path: Path) -> Volume:
     if not path.exists():
         raise NotAnImageError(f"{path} does not exist")
     if path.is_dir():
@@ -132,17 +150,27 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
             image = nib.load(path)
     except nib.filebasedimages.ImageFileError:
         raise NotAnImageError(f"{path.name} is not a NIfTI image (its header cannot be read)") from None
+    except HeaderDataError as exc:
+        raise NotAnImageError(f"{path.name} has an invalid NIfTI header ({_first_line(exc)})") from None
     except (EOFError, OSError, zlib.error, ValueError) as exc:
         raise CorruptVolumeError(f"{path.name} is damaged or truncated ({_first_line(exc)})") from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise NotAnImageError(f"{path.name} is not a NIfTI-1/2 image")
     _check_raw_pixdim(path, type(image.header))
-    if image.header.get_data_dtype().fields is not None:
+    dtype = image.header.get_data_dtype()
+    if dtype.fields is not None:
         raise NotAnImageError(f"{path.name} holds structured (e.g. RGB) voxels, not intensities")
+    if dtype.kind == "c":
+        raise NotAnImageError(f"{path.name} holds complex-valued voxels (raw MR data?), not CT intensities")
+    _check_data_size(path, image.header)
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except (EOFError, OSError, zlib.error, ValueError) as exc:
         raise CorruptVolumeError(f"{path.name} is damaged or truncated ({_first_line(exc)})") from None
+    except MemoryError:
+        raise VolumeTooLargeError(
+            f"{path.name} (shape {image.shape}) does not fit in the memory left; close other programs or crop it"
+        ) from None
     return data, np.asarray(image.affine, dtype=np.float64), image.header
 
 
@@ -158,6 +186,35 @@ def _nibabel_log_silenced() -> Iterator[None]:
         yield
     finally:
         logger.disabled = was_disabled
+
+
+def _check_data_size(path: Path, header: nib.Nifti1Header) -> None:
+    """Refuse, before allocating anything, a header promising more voxels than memory or the file can hold."""
+    shape = header.get_data_shape()
+    if any(int(n) < 0 for n in shape):
+        raise NotAnImageError(f"{path.name} has an invalid NIfTI header (negative image size {shape})")
+    voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    if voxels > MAX_VOXELS:
+        raise VolumeTooLargeError(
+            f"{path.name} has {voxels:,} voxels (shape {shape}), more than the {MAX_VOXELS:,} TuckerScope can "
+            "hold in memory: crop or resample it first"
+        )
+    needed = int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+    if path.name.lower().endswith(".gz"):
+        size = path.stat().st_size
+        with path.open("rb") as stream:  # gzip's trailer holds the uncompressed size modulo 2**32
+            stream.seek(max(size - 4, 0))
+            stored = int.from_bytes(stream.read(4), "little")
+        if (needed < 2**32 and stored < needed) or needed > size * DEFLATE_MAX_RATIO:
+            raise CorruptVolumeError(
+                f"{path.name} is damaged or truncated (its header promises {needed:,} bytes of image, "
+                f"more than its {size:,} compressed bytes can hold)"
+            )
+    elif path.stat().st_size < needed:
+        raise CorruptVolumeError(
+            f"{path.name} is damaged or truncated (its header promises {needed:,} bytes, "
+            f"the file has {path.stat().st_size:,})"
+        )
 
 
 def _check_not_other_format(path: Path) -> None:
