@@ -385,6 +385,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.statusBar().showMessage(f"Jumped to {name}", 3000)
 
     # ----- background work -----------------------------------------------------------------------------------
+    def is_idle(self) -> bool:
+        """No job running or queued and no refresh pending (tests, benchmarks, screenshots)."""
+        lanes = [*self.lanes.values(), *self.compress_lanes.values()]
+        return not self.debounce.isActive() and not any(lane.busy for lane in lanes)
+
     def schedule_segmentation(self, immediately: bool = False) -> None:
         """Debounced: a drag restarts the timer, a pause lets it fire."""
         if immediately:

@@ -24,6 +24,13 @@ class ProgressStatus(QtWidgets.QWidget):
         layout.addWidget(self.message)
         layout.addWidget(self.bar)
         layout.addWidget(self.cancel_button)
+        for widget in (
+            self.bar,
+            self.cancel_button,
+        ):  # showing them must not relayout (and repaint) the window
+            policy = widget.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            widget.setSizePolicy(policy)
         self.lanes: list[JobLane] = []
         self._busy: set[str] = set()
         self._refresh()

@@ -8,15 +8,20 @@ re-extracting.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
 from vtkmodules.vtkCommonCore import vtkLogger
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
-from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkSurfaceNets3D
+from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkQuadricClustering, vtkSurfaceNets3D
 
 vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_WARNING)
 
 SMOOTHING_ITERATIONS = 16
+# Software OpenGL (Mesa under Xvfb or in a VM) renders in the UI thread: keep each side's mesh small enough
+# to draw in tens of milliseconds. Ordinary organ surfaces stay below this; noisy segmentations are simplified.
+TRIANGLE_BUDGET = 80_000
 
 
 def label_image(labels: np.ndarray, spacing: tuple[float, float, float]) -> vtkImageData:
@@ -30,9 +35,15 @@ def label_image(labels: np.ndarray, spacing: tuple[float, float, float]) -> vtkI
 
 
 def extract_label_surfaces(
-    labels: np.ndarray, spacing: tuple[float, float, float], smoothing: int = SMOOTHING_ITERATIONS
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    smoothing: int = SMOOTHING_ITERATIONS,
+    triangle_budget: int = TRIANGLE_BUDGET,
 ) -> dict[int, vtkPolyData]:
-    """One smoothed, normal-carrying surface per label present in ``labels`` (background 0 excluded)."""
+    """One smoothed, normal-carrying surface per label present in ``labels`` (background 0 excluded).
+
+    Meshes above ``triangle_budget`` are simplified by quadric clustering (labels kept per face).
+    """
     present = np.unique(labels)
     present = present[present != 0]
     if present.size == 0:
@@ -46,12 +57,27 @@ def extract_label_surfaces(
     nets.SetSmoothing(smoothing > 0)
     nets.SetNumberOfIterations(max(smoothing, 1))
     nets.Update()
+    mesh = nets.GetOutput()
+    if mesh.GetNumberOfCells() > triangle_budget:
+        mesh = simplify(mesh, labels.shape, triangle_budget)
     normals = vtkPolyDataNormals()
-    normals.SetInputData(nets.GetOutput())
+    normals.SetInputData(mesh)
     normals.SplittingOff()
     normals.ComputePointNormalsOn()
     normals.Update()
     return split_by_label(normals.GetOutput())
+
+
+def simplify(mesh: vtkPolyData, grid_shape: tuple[int, ...], triangle_budget: int) -> vtkPolyData:
+    """Quadric clustering onto a coarser grid; a surface's triangle count scales with the grid's square."""
+    scale = math.sqrt(triangle_budget / mesh.GetNumberOfCells())
+    clustering = vtkQuadricClustering()
+    clustering.SetInputData(mesh)
+    clustering.CopyCellDataOn()
+    clustering.AutoAdjustNumberOfDivisionsOff()
+    clustering.SetNumberOfDivisions(*(max(8, int(n * scale)) for n in grid_shape))
+    clustering.Update()
+    return clustering.GetOutput()
 
 
 def split_by_label(mesh: vtkPolyData) -> dict[int, vtkPolyData]:

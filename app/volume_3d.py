@@ -13,7 +13,7 @@ import numpy as np
 import vtkmodules.vtkInteractionStyle  # noqa: F401  (registers the trackball interactor style)
 import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text rendering for the titles)
 import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL render window)
-from pyqtgraph.Qt import QtWidgets
+from pyqtgraph.Qt import QtCore, QtWidgets
 from vtkmodules.qt.QVTKRenderWindowInteractor import QVTKRenderWindowInteractor
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkPolyData
@@ -52,6 +52,8 @@ class SurfaceView(QtWidgets.QWidget):
         self.renderer = vtkRenderer()
         self.renderer.SetBackground(*BACKGROUND)
         self.render_window = self.vtk_widget.GetRenderWindow()
+        # No MSAA: with software OpenGL (Mesa llvmpipe) 4x multisampling triples every render in the UI thread.
+        self.render_window.SetMultiSamples(0)
         self.render_window.AddRenderer(self.renderer)
         self.vtk_widget.GetRenderWindow().GetInteractor().SetInteractorStyle(
             vtkInteractorStyleTrackballCamera()
@@ -128,6 +130,10 @@ class SurfacePairView(QtWidgets.QWidget):
         self._colours: dict[int, tuple[int, int, int]] = {}
         self._visible: set[int] = set()
         self._framed = False
+        # Coalesce redraws: several updates in one event-loop turn cost one render per window.
+        self._render_timer = QtCore.QTimer(self, singleShot=True, interval=0)
+        self._render_timer.timeout.connect(self.render_now)
+        self._dirty: set[int] = set()
         for source, target in (
             (self.original_view, self.compressed_view),
             (self.compressed_view, self.original_view),
@@ -154,14 +160,18 @@ class SurfacePairView(QtWidgets.QWidget):
         self.original_view.set_surfaces(surfaces, self._colours, self._visible)
         if not self._framed and surfaces:
             self.reset_camera()
-        self.render()
+            self.render()
+        else:
+            self.render(self.original_view)
 
     def set_compressed(self, surfaces: dict[int, vtkPolyData], title: str = "Compressed") -> None:
         self.compressed_view.set_surfaces(surfaces, self._colours, self._visible)
         self.compressed_view.set_title(title)
         if not self._framed and surfaces:
             self.reset_camera()
-        self.render()
+            self.render()
+        else:
+            self.render(self.compressed_view)
 
     def set_visible_labels(self, visible: set[int]) -> None:
         self._visible = set(visible)
@@ -182,9 +192,16 @@ class SurfacePairView(QtWidgets.QWidget):
             view.renderer.ResetCameraClippingRange()
         self._framed = True
 
-    def render(self) -> None:
+    def render(self, view: SurfaceView | None = None) -> None:
+        """Schedule a redraw of one view (or both); only what changed is drawn, once per event-loop turn."""
+        self._dirty.update([id(view)] if view is not None else [id(v) for v in self.views])
+        self._render_timer.start()
+
+    def render_now(self) -> None:
         for view in self.views:
-            view.render()
+            if id(view) in self._dirty:
+                view.render()
+        self._dirty.clear()
 
     def close_vtk(self) -> None:
         for view in self.views:

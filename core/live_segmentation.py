@@ -73,6 +73,7 @@ class SegmentationUpdate:
     stage: str  # 'slab' or 'volume'
     done: bool
     description: str
+    positions: dict[int, tuple[int, int, int]] | None = None  # where each class is, once originals are whole
 
 
 def merge_labels(
@@ -153,17 +154,22 @@ def run_segmentation(
         for run in plan.runs:  # full-rank experts show their original on the compressed side
             if run.ranks is None and run.name in originals:
                 shown_compressed[run.name] = originals[run.name]
+        display_original = _display(originals, plan, order)
+        originals_new = any(run.need_original for run in plan.runs)
         return SegmentationUpdate(
             volume_token=plan.volume_token,
             originals=dict(originals),
             compressed=dict(compressed),
             compressed_keys=dict(keys),
             complete_experts=frozenset(complete),
-            display_original=_display(originals, plan, order),
+            display_original=display_original,
             display_compressed=_display(shown_compressed, plan, order),
             stage=stage,
             done=done,
             description=description,
+            positions=class_positions(display_original)
+            if done and originals_new and display_original is not None
+            else None,
         )
 
     for stage in stages:

@@ -24,7 +24,6 @@ from tuckerscope.core.live_segmentation import (
     RankKey,
     SegmentationPlan,
     SegmentationUpdate,
-    class_positions,
 )
 from tuckerscope.core.metrics import ClassRef, ClassScore, compare
 from tuckerscope.core.model_folder import LoadedExpert
@@ -256,9 +255,6 @@ class Session:
         """Store a refresh step; False (and nothing changes) if it belongs to an older volume or model set."""
         if update.volume_token != self.volume_token:
             return False
-        original_changed = update.originals.keys() != self.originals.keys() or any(
-            self.originals.get(k) is not v for k, v in update.originals.items()
-        )
         self.originals = update.originals
         self.compressed.update(update.compressed)
         self.compressed_keys.update(update.compressed_keys)
@@ -270,8 +266,8 @@ class Session:
         )
         self.display_original = update.display_original
         self.display_compressed = update.display_compressed
-        if original_changed and update.done and update.display_original is not None:
-            self.positions = class_positions(update.display_original)
+        if update.positions is not None:
+            self.positions = update.positions
         self.status = update.description
         self.events.segmentation_changed.emit(update)
         return True
