@@ -29,7 +29,7 @@ from tuckerscope.app.slice_views import PLANES, SlicePairView
 from tuckerscope.app.status_bar import ProgressStatus
 from tuckerscope.app.style import configure_pyqtgraph
 from tuckerscope.app.surfaces import extract_label_surfaces
-from tuckerscope.app.timing_panel import TimingPanel
+from tuckerscope.app.timing_panel import TimingPanel, TimingRow
 from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
 from tuckerscope.core.counting import NetworkCost, count_network
@@ -37,12 +37,26 @@ from tuckerscope.core.errors import UserError
 from tuckerscope.core.explained_variance import all_heatmaps
 from tuckerscope.core.live_segmentation import RankKey, SegmentationUpdate, run_segmentation
 from tuckerscope.core.session import AgreementResult, CaseVolume, ExpertModel, Session
+from tuckerscope.core.timing import ForwardSetup, compare_forward
 
 ORGANISATION = "TuckerScope"
 APPLICATION = "TuckerScope"
 SEGMENT_DEBOUNCE_MS = 200
-LANES = ("volume", "models", "segment", "surfaces_original", "surfaces_compressed", "agreement", "heatmaps")
-CANCELLABLE_LANES = ("volume", "models", "segment")
+LANES = (
+    "volume",
+    "models",
+    "segment",
+    "surfaces_original",
+    "surfaces_compressed",
+    "agreement",
+    "heatmaps",
+    "timing",
+)
+CANCELLABLE_LANES = ("volume", "models", "segment", "timing")
+# Forward times are measured by themselves once the window is idle, but only when one pass of every expert
+# is cheap (the demo); for TS models (tens of seconds per pass) the user presses Re-measure.
+AUTO_TIMING_MAX_FLOPS = 50e9
+TIMING_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.compress_lanes: dict[str, JobLane] = {}  # one per expert: dragging one must not drop another
         self.networks: dict[str, tuple[RankKey, Any]] = {}
         self.sizes: dict[str, SizeFigures] = {}
+        self.timed_keys: dict[str, RankKey] = {}  # ranks the timing panel's figures were measured at
+        self._timing_is_automatic = False
         self.colours: dict[int, tuple[int, int, int]] = {}
         self._surfaces_source: dict[str, int] = {}
         self._build_views()
@@ -160,6 +176,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.experts_panel.classActivated.connect(self.jump_to_class)
         self.agreement_panel.classActivated.connect(self.jump_to_class)
         self.heatmap_panel.layerRanksRequested.connect(self._on_layer_ranks_requested)
+        self.timing_panel.remeasureRequested.connect(lambda precision: self.start_timing(precision))
         self.slice_view.planeChanged.connect(lambda _plane: self.schedule_segmentation())
         self.slice_view.hoverChanged.connect(lambda text: self.statusBar().showMessage(text, 4000))
 
@@ -344,6 +361,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_agreement_changed(self, result: AgreementResult | None) -> None:
         if result is None:
             return
+        self._maybe_time_automatically()
         rows = [
             AgreementRow(
                 info.label,
@@ -401,6 +419,8 @@ class MainWindow(QtWidgets.QMainWindow):
         session = self.session
         if session.volume is None or not session.experts:
             return
+        if self._timing_is_automatic and self.lanes["timing"].busy:
+            self.lanes["timing"].cancel()  # segmentation would skew the clock; it re-runs when idle
         plane = PLANES[self.slice_view.plane]
         plan = session.plan_segmentation(plane.slice_axis, self.slice_view.slice_index, self.networks)
         if plan.is_empty:
@@ -486,6 +506,71 @@ class MainWindow(QtWidgets.QMainWindow):
 
         self.lanes["heatmaps"].submit(
             job, JobCallbacks(ready, on_error=self._error_handler("Heatmaps failed"))
+        )
+
+    def _maybe_time_automatically(self) -> None:
+        experts = self.session.experts
+        cheap = sum(self.sizes[n].flops_original for n in experts if n in self.sizes) <= AUTO_TIMING_MAX_FLOPS
+        current = {name: expert.rank_key() for name, expert in experts.items()}
+        if experts and cheap and len(self.sizes) == len(experts) and current != self.timed_keys:
+            self.start_timing(self.timing_panel.precision_combo.currentText(), automatic=True)
+
+    def start_timing(self, precision: str = "fp32", automatic: bool = False) -> None:
+        """Median forward time of each expert's original and compressed network on one patch."""
+        experts = list(self.session.experts.values())
+        if not experts:
+            return
+        plans = []
+        for expert in experts:
+            built = self.networks.get(expert.name)
+            key = expert.rank_key()
+            network = built[1] if built is not None and built[0] == key else None
+            channels = len(expert.loaded.dataset_json.get("channel_names", {"0": "CT"}))
+            shape = (1, channels, *expert.loaded.patch_size)
+            plans.append((expert, key, expert.is_full_rank(), expert.ranks(), network, shape))
+        setup = ForwardSetup(precision=precision)
+
+        def job(context: JobContext) -> tuple[list[TimingRow], dict[str, RankKey], str]:
+            rows, keys = [], {}
+            for index, (expert, key, full, ranks, network, shape) in enumerate(plans):
+                context.progress(index / len(plans), f"timing {expert.name} ({setup.describe()})")
+                networks = {"original": expert.loaded.network}
+                if not full:
+                    networks["compressed"] = network if network is not None else expert.engine.compress(ranks)
+                timings = compare_forward(
+                    networks, shape, setup, warmup=1, runs=TIMING_RUNS, should_cancel=context.cancel.is_set
+                )
+                compressed = timings.get("compressed")
+                rows.append(
+                    TimingRow(
+                        expert.name,
+                        expert.df,
+                        timings["original"].wall_seconds,
+                        None if compressed is None else compressed.wall_seconds,
+                        tuple(shape[2:]),
+                    )
+                )
+                keys[expert.name] = key
+            return rows, keys, setup.describe()
+
+        def measured(result: tuple[list[TimingRow], dict[str, RankKey], str]) -> None:
+            rows, keys, described = result
+            self.timed_keys = keys
+            self.timing_panel.set_timings(rows, described, TIMING_RUNS)
+            self.timing_panel.mark_stale({n: e.df for n, e in self.session.experts.items()})
+
+        self._timing_is_automatic = automatic
+        self.timing_panel.set_measuring(True)
+        self.lanes["timing"].submit(
+            job,
+            JobCallbacks(
+                measured,
+                on_error=lambda error, details: (
+                    self.timing_panel.set_measuring(False),
+                    self.show_error("Timing failed", error, details),
+                ),
+                on_cancelled=lambda: self.timing_panel.set_measuring(False),
+            ),
         )
 
     def _start_agreement(self) -> None:

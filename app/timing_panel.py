@@ -20,17 +20,19 @@ COLUMNS = ("expert", "DF", "original", "compressed", "speed-up")
 
 
 @dataclass(frozen=True)
-class ForwardTiming:
+class TimingRow:
     """Median forward time of one expert's original and compressed network on one patch."""
 
     expert: str
     df: float
     original_seconds: float
-    compressed_seconds: float
+    compressed_seconds: float | None  # None: the expert is at full rank, nothing to compare
     patch_size: tuple[int, ...]
 
     @property
-    def speedup(self) -> float:
+    def speedup(self) -> float | None:
+        if self.compressed_seconds is None:
+            return None
         return self.original_seconds / max(self.compressed_seconds, 1e-12)
 
 
@@ -75,28 +77,31 @@ class TimingPanel(QtWidgets.QWidget):
         layout.addWidget(self.setup_label)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.chart, 1)
-        self.timings: list[ForwardTiming] = []
+        self.timings: list[TimingRow] = []
 
     def set_measuring(self, measuring: bool) -> None:
         self.measure_button.setEnabled(not measuring)
         if measuring:
             self.setup_label.setText(self.setup_label.text().split(" — ")[0] + " — measuring…")
 
-    def set_timings(self, timings: list[ForwardTiming], device: str, precision: str, repeats: int) -> None:
+    def set_timings(self, timings: list[TimingRow], setup: str, repeats: int) -> None:
+        """``setup`` names device, precision and threads, e.g. 'fp32 on cpu, 2 threads'."""
         self.timings = list(timings)
-        patch = timings[0].patch_size if timings else ()
+        patches = sorted({" x ".join(str(p) for p in t.patch_size) for t in timings})
+        self.measure_button.setEnabled(True)
         self.setup_label.setText(
-            f"device <b>{device}</b> · precision <b>{precision}</b> · one patch "
-            f"{' x '.join(str(p) for p in patch)} · median of {repeats} runs after warm-up"
+            f"<b>{setup}</b> · one patch per expert ({', '.join(patches)}) · median of {repeats} runs "
+            "after a warm-up, original and compressed interleaved"
         )
         self.table.setRowCount(len(timings))
         for row, timing in enumerate(timings):
+            compressed = timing.compressed_seconds
             cells = (
                 timing.expert,
                 f"{timing.df:.2f}",
                 format_seconds(timing.original_seconds),
-                format_seconds(timing.compressed_seconds),
-                f"{timing.speedup:.2f}x",
+                "uncompressed" if compressed is None else format_seconds(compressed),
+                "—" if timing.speedup is None else f"{timing.speedup:.2f}x",
             )
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QtWidgets.QTableWidgetItem(text))
@@ -104,7 +109,7 @@ class TimingPanel(QtWidgets.QWidget):
         if timings:
             x = np.arange(len(timings), dtype=float)
             original = np.array([t.original_seconds * 1000 for t in timings])
-            compressed = np.array([t.compressed_seconds * 1000 for t in timings])
+            compressed = np.array([(t.compressed_seconds or t.original_seconds) * 1000 for t in timings])
             self.chart.addItem(pg.BarGraphItem(x=x - 0.2, height=original, width=0.38, brush=ORIGINAL_BRUSH))
             self.chart.addItem(
                 pg.BarGraphItem(x=x + 0.2, height=compressed, width=0.38, brush=COMPRESSED_BRUSH)

@@ -93,7 +93,7 @@ def demo_window(qtbot, tmp_path):
     window.close()
 
 
-def test_window_opens_ct_and_models_and_shows_both_sides(tiny_window):
+def test_window_opens_ct_and_models_and_shows_both_sides(qtbot, tiny_window):
     window = tiny_window
     session = window.session
     assert list(session.experts) == ["tinyorgans", "tinyother"]
@@ -101,6 +101,12 @@ def test_window_opens_ct_and_models_and_shows_both_sides(tiny_window):
     assert window.slice_view.original_canvas.overlay_item.image is not None
     assert window.figures_panel.table.rowCount() == 3  # two experts and the total
     assert window.heatmap_panel.expert_combo.count() == 2
+    qtbot.waitUntil(lambda: window.timing_panel.table.rowCount() == 2, timeout=IDLE_TIMEOUT_MS)
+    assert "fp32 on cpu" in window.timing_panel.setup_label.text()
+    window.timing_panel.measure_button.click()
+    assert window.lanes["timing"].busy
+    qtbot.waitUntil(window.is_idle, timeout=IDLE_TIMEOUT_MS)
+    assert window.timing_panel.measure_button.isEnabled()
 
 
 def test_slider_drag_recompresses_and_updates_everything(qtbot, tiny_window):
