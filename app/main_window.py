@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from tuckerscope.core.counting import NetworkCost, count_network
 from tuckerscope.core.errors import UserError
 from tuckerscope.core.explained_variance import all_heatmaps
 from tuckerscope.core.live_segmentation import RankKey, SegmentationUpdate, run_segmentation
-from tuckerscope.core.session import AgreementResult, CaseVolume, ExpertModel, Session
+from tuckerscope.core.model_sources import TS_TASKS
+from tuckerscope.core.session import AgreementResult, CaseVolume, ExpertModel, Session, ts_tasks_in
 from tuckerscope.core.timing import ForwardSetup, compare_forward
 
 ORGANISATION = "TuckerScope"
@@ -148,6 +150,10 @@ class MainWindow(QtWidgets.QMainWindow):
         file_menu.addAction("Open CT (DICOM folder)…", self.choose_dicom_folder)
         file_menu.addAction("Open model folder / TS home…", self.choose_model_folder)
         file_menu.addAction("Open demo", self.open_demo)
+        for task in TS_TASKS:
+            file_menu.addAction(
+                f"Open TS task '{task}' (TOTALSEG_HOME_DIR)", lambda t=task: self.open_models(t)
+            )
         self.recent_ct_menu = file_menu.addMenu("Recent CTs")
         self.recent_model_menu = file_menu.addMenu("Recent models")
         self.recent_ct_menu.aboutToShow.connect(
@@ -240,18 +246,39 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.recent_models.add(loaded_source)
             self.session.set_experts(experts, loaded_source)
 
-        self.lanes["models"].submit(
-            job,
-            JobCallbacks(loaded, on_error=self._error_handler(f"Could not load the models from {source}")),
-        )
+        def failed(error: Exception, details: str) -> None:
+            self.recent_models.remove(source)
+            self.show_error(f"Could not load the models from {source}", error, details)
 
-    def open_path(self, path: Path) -> None:
-        """A dropped or recent path: a folder holding plans.json is a model source, anything else a CT."""
+        self.lanes["models"].submit(job, JobCallbacks(loaded, on_error=failed))
+
+    def open_path(self, path: Path | str) -> None:
+        """A dropped or recent path: a TS home or a folder with plans.json is a model source, else a CT."""
+        text = str(path)
+        task, _, home = text.partition("@")
+        if home and task in TS_TASKS:
+            self.open_models(text)
+            return
         path = Path(path)
-        if path.is_dir() and (any(path.glob("plans.json")) or any(path.rglob("plans.json"))):
-            self.open_models(str(path))
+        if path.is_dir() and any(path.rglob("plans.json")):
+            self.open_model_folder(path)
         else:
             self.open_ct(path)
+
+    def open_model_folder(self, path: Path) -> None:
+        """A TS home (ask which task when it holds several) or a folder of nnU-Net results."""
+        tasks = ts_tasks_in(path)
+        if not tasks:
+            self.open_models(str(path))
+            return
+        task = tasks[0]
+        if len(tasks) > 1:
+            task, chosen = QtWidgets.QInputDialog.getItem(
+                self, "TotalSegmentator task", f"{path} holds several TS tasks; open:", tasks, 0, False
+            )
+            if not chosen:
+                return
+        self.open_models(f"{task}@{path}")
 
     def choose_ct_file(self) -> None:
         path, _ = QtWidgets.QFileDialog.getOpenFileName(
@@ -270,7 +297,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self, "Open a TotalSegmentator home or nnU-Net results folder", self._last_dir()
         )
         if path:
-            self.open_models(path)
+            self.open_model_folder(Path(path))
 
     def choose_screenshot_path(self) -> None:
         from tuckerscope.app.screenshot import save_window
@@ -285,10 +312,12 @@ class MainWindow(QtWidgets.QMainWindow):
         recent = self.recent_cts.items()
         return str(Path(recent[0]).parent) if recent else str(Path.home())
 
-    def _fill_recent(self, menu: QtWidgets.QMenu, recent: RecentFiles) -> None:
+    def _fill_recent(
+        self, menu: QtWidgets.QMenu, recent: RecentFiles, open_item: Callable[[str], None]
+    ) -> None:
         menu.clear()
-        for path in recent.items():
-            menu.addAction(path, lambda p=path: self.open_path(Path(p)))
+        for item in recent.items():
+            menu.addAction(item, lambda i=item: open_item(i))
         if not recent.items():
             menu.addAction("(none)").setEnabled(False)
 

@@ -332,6 +332,17 @@ def summarise_agreement(rows: list[tuple[ClassInfo, ClassScore]]) -> str:
     )
 
 
+def ts_tasks_in(folder: Path) -> list[str]:
+    """TS tasks with at least one expert under ``folder`` (a TS home or its results folder), in TS order."""
+    from tuckerscope.core.model_folder import find_result_folders
+    from tuckerscope.core.model_sources import TS_TASKS, dataset_id
+
+    folder = Path(folder)
+    root = folder / "nnunet" / "results" if (folder / "nnunet" / "results").is_dir() else folder
+    ids = {dataset_id(f) for f in find_result_folders(root)} if root.is_dir() else set()
+    return [name for name, task in TS_TASKS.items() if ids & set(task.dataset_ids)]
+
+
 def resolve_model_source(source: str) -> ModelSource:
     """'demo', a TS task ('total', 'total_fast'), 'TASK@TS_HOME', or a folder of nnU-Net results."""
     from tuckerscope.core.model_sources import TS_TASKS, resolve_source, ts_task_source
