@@ -38,6 +38,7 @@ from tuckerscope.core.errors import UserError
 from tuckerscope.core.explained_variance import all_heatmaps
 from tuckerscope.core.live_segmentation import RankKey, SegmentationUpdate, run_segmentation
 from tuckerscope.core.model_sources import TS_TASKS
+from tuckerscope.core.segmenter import Segmenter
 from tuckerscope.core.session import AgreementResult, CaseVolume, ExpertModel, Session, ts_tasks_in
 from tuckerscope.core.timing import ForwardSetup, compare_forward
 
@@ -199,33 +200,43 @@ class MainWindow(QtWidgets.QMainWindow):
         self.open_models("demo")
 
     def open_phantom(self, seed: int) -> None:
-        def job(context: JobContext) -> CaseVolume:
+        def job(context: JobContext) -> tuple[CaseVolume, Segmenter]:
             from tuckerscope.core.phantom import make_phantom
 
             context.progress(0.1, f"generating phantom (seed {seed})")
             phantom = make_phantom(seed)
-            return CaseVolume.from_array(phantom.ct, phantom.affine, f"phantom (seed {seed})", phantom.labels)
+            volume = CaseVolume.from_array(
+                phantom.ct, phantom.affine, f"phantom (seed {seed})", phantom.labels
+            )
+            return volume, Segmenter(volume.data, volume.affine)
 
         self.lanes["volume"].submit(
             job,
-            JobCallbacks(self.session.set_volume, on_error=self._error_handler("Could not make the phantom")),
+            JobCallbacks(
+                lambda loaded: self.session.set_volume(*loaded),
+                on_error=self._error_handler("Could not make the phantom"),
+            ),
         )
 
     def open_ct(self, path: Path | str) -> None:
         path = Path(path)
 
-        def job(context: JobContext) -> CaseVolume:
+        def job(context: JobContext) -> tuple[CaseVolume, Segmenter, list[str]]:
             from tuckerscope.core.volume import load_volume
 
             context.progress(0.1, f"reading {path.name}")
             volume = load_volume(path)
             context.check()
             context.progress(0.8, "preparing the display")
-            return CaseVolume.from_array(volume.data, volume.affine, path.name)
+            case = CaseVolume.from_array(volume.data, volume.affine, path.name)
+            return case, Segmenter(case.data, case.affine), list(volume.warnings)
 
-        def loaded(volume: CaseVolume) -> None:
+        def loaded(result: tuple[CaseVolume, Segmenter, list[str]]) -> None:
+            volume, segmenter, warnings = result
             self.recent_cts.add(str(path))
-            self.session.set_volume(volume)
+            self.session.set_volume(volume, segmenter)
+            if warnings:
+                self.show_warning(f"{path.name} opened with a warning", "\n".join(warnings))
 
         def failed(error: Exception, details: str) -> None:
             self.recent_cts.remove(str(path))
@@ -648,6 +659,13 @@ class MainWindow(QtWidgets.QMainWindow):
         box.setModal(True)
         box.open()
         self.error_box = box
+
+    def show_warning(self, title: str, text: str) -> None:
+        """A non-blocking note (e.g. an MR volume given to a CT model); the work goes on."""
+        box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Information, title, text, parent=self)
+        box.setModal(False)
+        box.open()
+        self.warning_box = box
 
     # ----- settings ------------------------------------------------------------------------------------------
     def _saved_dfs(self, source: str) -> dict[str, float]:

@@ -148,18 +148,18 @@ class Session:
         self.status = ""
 
     # ----- state changes (UI thread) ------------------------------------------------------------------------
-    def set_volume(self, volume: CaseVolume) -> None:
+    def set_volume(self, volume: CaseVolume, segmenter: Segmenter | None = None) -> None:
+        """Show a new CT. Pass a Segmenter built in a worker: building one copies the CT as float64."""
         self.volume = volume
-        self.segmenter = Segmenter(volume.data, volume.affine)
+        self.segmenter = segmenter or Segmenter(volume.data, volume.affine)
         self.volume_token += 1
         self._clear_segmentations()
         self.events.volume_changed.emit()
 
     def set_experts(self, experts: list[ExpertModel], source: str) -> None:
+        """New experts for the same CT; the Segmenter (and its preprocessing per expert) is kept."""
         self.experts = {expert.name: expert for expert in experts}
         self.model_source = source
-        if self.volume is not None:
-            self.segmenter = Segmenter(self.volume.data, self.volume.affine)
         self.volume_token += 1
         self._clear_segmentations()
         self.events.experts_changed.emit()
