@@ -164,6 +164,20 @@ def test_bad_file_shows_a_dialog_and_keeps_the_state(qtbot, tiny_window, tmp_pat
     window.error_box.close()
 
 
+def test_cancel_stops_the_refresh_and_keeps_what_is_shown(qtbot, tiny_window):
+    window = tiny_window
+    shown = window.session.display_compressed
+    window.experts_panel.rows["tinyother"].slider.setValue(0.35)
+    window.debounce.stop()
+    window.refresh_segmentation()
+    assert window.lanes["segment"].busy and window.progress_status.cancel_button.isVisible()
+    window.progress_status.cancel_button.click()
+    qtbot.waitUntil(window.is_idle, timeout=IDLE_TIMEOUT_MS)
+    assert window.session.display_compressed is shown
+    assert not window.session.compressed_is_current()
+    assert window.progress_status.message.text() == "Ready"
+
+
 def test_settings_persist_dfs_and_recent_files(qtbot, tmp_path):
     settings_path = tmp_path / "settings"
     settings_path.mkdir()
