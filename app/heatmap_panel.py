@@ -47,6 +47,20 @@ def rank_at(heatmap: LayerHeatmap, x: float, y: float) -> tuple[int, int] | None
     return None
 
 
+class ThumbnailBox(pg.ViewBox):
+    """A small, mouse-inert heatmap view in the overview that reports clicks."""
+
+    sigClicked = QtCore.Signal(int)
+
+    def __init__(self, index: int) -> None:
+        super().__init__(enableMouse=False, enableMenu=False, lockAspect=False)
+        self.index = index
+
+    def mouseClickEvent(self, event: QtCore.QEvent) -> None:  # noqa: N802
+        event.accept()
+        self.sigClicked.emit(self.index)
+
+
 class HeatmapPanel(QtWidgets.QWidget):
     """Overview of every layer of the chosen expert, and the selected layer large with a colour bar."""
 
@@ -61,7 +75,7 @@ class HeatmapPanel(QtWidgets.QWidget):
         self._expert: str | None = None
         self._selected: int = 0
         self._thumb_markers: list[pg.ScatterPlotItem] = []
-        self._thumb_boxes: list[pg.ViewBox] = []
+        self._thumb_boxes: list[ThumbnailBox] = []
         self.colormap = pg.colormap.get(HEATMAP_COLORMAP)
 
         self.expert_combo = QtWidgets.QComboBox()
@@ -177,7 +191,8 @@ class HeatmapPanel(QtWidgets.QWidget):
         heatmaps = self._heatmaps[self._expert]
         for index, heatmap in enumerate(heatmaps):
             row, col = divmod(index, OVERVIEW_COLUMNS)
-            box = pg.ViewBox(enableMouse=False, enableMenu=False, lockAspect=False)
+            box = ThumbnailBox(index)
+            box.sigClicked.connect(self.select_layer)
             box.setBorder(pg.mkPen(80, 80, 80))
             image = pg.ImageItem(heatmap.grid, axisOrder="row-major", levels=(0.0, 1.0))
             image.setColorMap(self.colormap)
@@ -186,7 +201,6 @@ class HeatmapPanel(QtWidgets.QWidget):
             box.addItem(image)
             box.addItem(marker)
             box.setToolTip(f"{heatmap.name} ({heatmap.channels[0]} x {heatmap.channels[1]})")
-            box.mouseClickEvent = lambda ev, i=index: self._on_thumbnail_click(ev, i)
             self.overview.addItem(box, row=row, col=col)
             box.autoRange(padding=0)
             self._thumb_boxes.append(box)
@@ -195,16 +209,15 @@ class HeatmapPanel(QtWidgets.QWidget):
         self.overview.setMinimumHeight(rows * THUMBNAIL_HEIGHT)
         self.detail_image.setColorMap(self.colormap)
 
-    def _on_thumbnail_click(self, event: QtCore.QEvent, index: int) -> None:
-        event.accept()
-        self.select_layer(index)
-
     def _update_markers(self) -> None:
         heatmaps = self._heatmaps.get(self._expert or "", [])
         ranks = self._ranks.get(self._expert or "", {})
         for heatmap, marker in zip(heatmaps, self._thumb_markers, strict=False):
             chosen = ranks.get(heatmap.name)
-            marker.setData([chosen[1]], [chosen[0]]) if chosen else marker.setData([])
+            if chosen:
+                marker.setData([chosen[1]], [chosen[0]])
+            else:
+                marker.setData([])
         if not heatmaps:
             return
         heatmap = heatmaps[self._selected]

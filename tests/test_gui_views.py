@@ -127,8 +127,12 @@ def test_heatmap_markers_and_click_sets_ranks(qtbot):
     with qtbot.waitSignal(panel.layerRanksRequested, timeout=2000) as signal:
         qtbot.mouseClick(panel.detail.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view_point)
     assert signal.args == ["organs", "enc.0", 12, 5]
-    panel.select_layer(1)
+    thumbnail = panel._thumb_boxes[1]
+    centre = panel.overview.mapFromScene(thumbnail.sceneBoundingRect().center())
+    qtbot.mouseClick(panel.overview.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=centre)
     assert panel.selected_layer == "enc.1"
+    xs, ys = panel.detail_marker.getData()
+    assert (xs[0], ys[0]) == (20, 3)
 
 
 def test_link_all_moves_every_slider(qtbot):
