@@ -10,10 +10,8 @@ and the 3D surfaces and the agreement table follow in their own lanes. Every lan
 from __future__ import annotations
 
 import sys
-import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from tuckerscope.app.agreement_panel import AgreementPanel, AgreementRow
 from tuckerscope.app.experts_panel import ClassEntry, ExpertEntry, ExpertsPanel
+from tuckerscope.app.export_actions import ExportActions
 from tuckerscope.app.figures_panel import FiguresPanel, SizeFigures, human
 from tuckerscope.app.heatmap_panel import HeatmapPanel, LayerHeatmap
 from tuckerscope.app.launch_args import LaunchRequest, parse_launch_args
@@ -30,17 +29,25 @@ from tuckerscope.app.slice_views import PLANES, SlicePairView
 from tuckerscope.app.status_bar import ProgressStatus
 from tuckerscope.app.style import configure_pyqtgraph
 from tuckerscope.app.surfaces import extract_label_surfaces
-from tuckerscope.app.timing_panel import TimingPanel, TimingRow
+from tuckerscope.app.sweep_panel import SweepPanel
+from tuckerscope.app.timing_panel import TimingPanel
 from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
-from tuckerscope.core.counting import NetworkCost, count_network
+from tuckerscope.core.deliverables import ExportBundle
 from tuckerscope.core.errors import UserError
-from tuckerscope.core.explained_variance import all_heatmaps
 from tuckerscope.core.live_segmentation import RankKey, SegmentationUpdate, run_segmentation
 from tuckerscope.core.model_sources import TS_TASKS
 from tuckerscope.core.segmenter import Segmenter
 from tuckerscope.core.session import AgreementResult, CaseVolume, ExpertModel, Session, ts_tasks_in
-from tuckerscope.core.timing import ForwardSetup, compare_forward
+from tuckerscope.core.session_export import session_bundle, session_sweep_backend
+from tuckerscope.core.session_jobs import (
+    CompressionResult,
+    TimingResult,
+    compression_job,
+    heatmaps_job,
+    timing_job,
+)
+from tuckerscope.core.timing import ForwardSetup
 
 ORGANISATION = "TuckerScope"
 APPLICATION = "TuckerScope"
@@ -54,24 +61,13 @@ LANES = (
     "agreement",
     "heatmaps",
     "timing",
+    "sweep_setup",
 )
 CANCELLABLE_LANES = ("volume", "models", "segment", "timing")
 # Forward times are measured by themselves once the window is idle, but only when one pass of every expert
 # is cheap (the demo); for TS models (tens of seconds per pass) the user presses Re-measure.
 AUTO_TIMING_MAX_FLOPS = 50e9
 TIMING_RUNS = 3
-
-
-@dataclass(frozen=True)
-class CompressedBuild:
-    """A compressed network built during a drag (None at full rank), its size, and the ranks it is for."""
-
-    expert: str
-    rank_key: RankKey
-    network: Any
-    seconds: float
-    original: NetworkCost
-    compressed: NetworkCost
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -116,6 +112,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.figures_panel = FiguresPanel()
         self.timing_panel = TimingPanel()
         self.agreement_panel = AgreementPanel()
+        self.sweep_panel = SweepPanel()
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
         left, right = (
             QtCore.Qt.DockWidgetArea.LeftDockWidgetArea,
@@ -127,6 +124,7 @@ class MainWindow(QtWidgets.QMainWindow):
             ("figures", "Parameters and FLOPs", self.figures_panel, right),
             ("timing", "Forward-pass time", self.timing_panel, right),
             ("agreement", "Agreement with the original", self.agreement_panel, right),
+            ("sweep", "DF sweep", self.sweep_panel, right),
         ):
             dock = QtWidgets.QDockWidget(title, self)
             dock.setObjectName(f"dock_{key}")
@@ -134,7 +132,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.addDockWidget(area, dock)
             self.docks[key] = dock
         self.tabifyDockWidget(self.docks["figures"], self.docks["timing"])
+        self.tabifyDockWidget(self.docks["agreement"], self.docks["sweep"])
         self.docks["figures"].raise_()
+        self.docks["agreement"].raise_()
         self.resizeDocks([self.docks["experts"]], [300], QtCore.Qt.Orientation.Horizontal)
         self.resizeDocks([self.docks["heatmaps"]], [620], QtCore.Qt.Orientation.Horizontal)
 
@@ -164,6 +164,10 @@ class MainWindow(QtWidgets.QMainWindow):
             lambda: self._fill_recent(self.recent_model_menu, self.recent_models)
         )
         file_menu.addSeparator()
+        self.exports = ExportActions(self, self.export_bundle)
+        self.exports.add_to_menu(file_menu)
+        self.progress_status.watch(self.exports.lane, cancellable=False)
+        self.progress_status.watch(self.sweep_panel.lane)
         file_menu.addAction("Save screenshot…", self.choose_screenshot_path)
         file_menu.addSeparator()
         file_menu.addAction("Quit", self.close, QtGui.QKeySequence.StandardKey.Quit)
@@ -382,7 +386,7 @@ class MainWindow(QtWidgets.QMainWindow):
         expert = self.session.experts[name]
         self.heatmap_panel.set_ranks(name, expert.ranks())
         self._update_compressed_titles()
-        self.timing_panel.mark_stale({n: e.df for n, e in self.session.experts.items()})
+        self.timing_panel.mark_stale({n: e.rank_key() for n, e in self.session.experts.items()})
         self._build_compressed(name)
         self.schedule_segmentation()
 
@@ -393,6 +397,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.statusBar().showMessage(update.description, 5000)
         self._start_surfaces("original", session.display_original)
         self._start_surfaces("compressed", session.display_compressed)
+        if update.done and update.positions is not None:  # originals just became whole: sweeps may start
+            self._prepare_sweep()
         if update.done and session.compressed_is_current():
             self._start_agreement()
         elif not update.done:
@@ -482,33 +488,25 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _build_compressed(self, name: str) -> None:
         """Rebuild the compressed network of one expert (milliseconds) so its figures follow the drag."""
-        expert = self.session.experts[name]
-        key, ranks, engine, full = expert.rank_key(), expert.ranks(), expert.engine, expert.is_full_rank()
+        run = compression_job(self.session, name)
+        full = self.session.experts[name].is_full_rank()
 
-        def job(context: JobContext) -> CompressedBuild:
-            start = time.perf_counter()
-            network = None if full else engine.compress(ranks)
-            seconds = time.perf_counter() - start
-            original = count_network(engine)
-            return CompressedBuild(name, key, network, seconds, original, count_network(engine, ranks))
-
-        def built(result: CompressedBuild) -> None:
+        def built(result: CompressionResult) -> None:
             if result.network is None:
                 self.networks.pop(name, None)
             else:
                 self.networks[name] = (result.rank_key, result.network)
+            original, compressed = result.original, result.compressed
             self.sizes[name] = SizeFigures(
-                name,
-                result.original.params,
-                result.compressed.params,
-                result.original.flops,
-                result.compressed.flops,
+                name, original.params, compressed.params, original.flops, compressed.flops
             )
             self.experts_panel.set_figures(name, describe_build(self.sizes[name], result.seconds, full))
             self.figures_panel.set_figures([self.sizes[n] for n in self.session.experts if n in self.sizes])
 
         lane = self.compress_lanes.setdefault(name, JobLane(f"compress {name}", self))
-        lane.submit(job, JobCallbacks(built, on_error=self._error_handler("Compression failed")))
+        lane.submit(
+            lambda _context: run(), JobCallbacks(built, on_error=self._error_handler("Compression failed"))
+        )
 
     def _start_surfaces(self, side: str, labels: np.ndarray | None) -> None:
         if labels is None or self._surfaces_source.get(side) == id(labels):
@@ -528,24 +526,19 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _start_heatmaps(self) -> None:
         """Explained-variance grids of every layer, read from the cached factors (no decomposition)."""
-        engines = {name: expert.engine for name, expert in self.session.experts.items()}
+        run = heatmaps_job(self.session)
 
-        def job(context: JobContext) -> dict[str, list[LayerHeatmap]]:
-            result = {}
-            for index, (name, engine) in enumerate(engines.items()):
-                context.check()
-                context.progress(index / len(engines), f"heatmaps of {name}")
-                result[name] = [LayerHeatmap(layer, grid) for layer, grid in all_heatmaps(engine).items()]
-            return result
-
-        def ready(heatmaps: dict[str, list[LayerHeatmap]]) -> None:
-            for name, layers in heatmaps.items():
+        def ready(heatmaps: dict[str, dict[str, np.ndarray]]) -> None:
+            for name, grids in heatmaps.items():
                 if name in self.session.experts:
-                    self.heatmap_panel.set_heatmaps(name, layers)
+                    self.heatmap_panel.set_heatmaps(
+                        name, [LayerHeatmap(layer, g) for layer, g in grids.items()]
+                    )
                     self.heatmap_panel.set_ranks(name, self.session.experts[name].ranks())
 
         self.lanes["heatmaps"].submit(
-            job, JobCallbacks(ready, on_error=self._error_handler("Heatmaps failed"))
+            lambda context: run(context.progress, context.cancel),
+            JobCallbacks(ready, on_error=self._error_handler("Heatmaps failed")),
         )
 
     def _maybe_time_automatically(self) -> None:
@@ -557,59 +550,25 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def start_timing(self, precision: str = "fp32", automatic: bool = False) -> None:
         """Median forward time of each expert's original and compressed network on one patch."""
-        experts = list(self.session.experts.values())
-        if not experts:
+        if not self.session.experts:
             return
-        plans = []
-        for expert in experts:
-            built = self.networks.get(expert.name)
-            key = expert.rank_key()
-            network = built[1] if built is not None and built[0] == key else None
-            channels = len(expert.loaded.dataset_json.get("channel_names", {"0": "CT"}))
-            shape = (1, channels, *expert.loaded.patch_size)
-            plans.append((expert, key, expert.is_full_rank(), expert.ranks(), network, shape))
-        setup = ForwardSetup(precision=precision)
+        run = timing_job(self.session, ForwardSetup(precision=precision), self.networks, TIMING_RUNS)
 
-        def job(context: JobContext) -> tuple[list[TimingRow], dict[str, RankKey], str]:
-            rows, keys = [], {}
-            for index, (expert, key, full, ranks, network, shape) in enumerate(plans):
-                context.progress(index / len(plans), f"timing {expert.name} ({setup.describe()})")
-                networks = {"original": expert.loaded.network}
-                if not full:
-                    networks["compressed"] = network if network is not None else expert.engine.compress(ranks)
-                timings = compare_forward(
-                    networks, shape, setup, warmup=1, runs=TIMING_RUNS, should_cancel=context.cancel.is_set
-                )
-                compressed = timings.get("compressed")
-                rows.append(
-                    TimingRow(
-                        expert.name,
-                        expert.df,
-                        timings["original"].wall_seconds,
-                        None if compressed is None else compressed.wall_seconds,
-                        tuple(shape[2:]),
-                    )
-                )
-                keys[expert.name] = key
-            return rows, keys, setup.describe()
+        def measured(result: TimingResult) -> None:
+            self.timed_keys = {row.expert: row.rank_key for row in result.rows}
+            self.timing_panel.set_timings(result.rows, result.setup, result.runs)
+            self.timing_panel.mark_stale({n: e.rank_key() for n, e in self.session.experts.items()})
 
-        def measured(result: tuple[list[TimingRow], dict[str, RankKey], str]) -> None:
-            rows, keys, described = result
-            self.timed_keys = keys
-            self.timing_panel.set_timings(rows, described, TIMING_RUNS)
-            self.timing_panel.mark_stale({n: e.df for n, e in self.session.experts.items()})
+        def failed(error: Exception, details: str) -> None:
+            self.timing_panel.set_measuring(False)
+            self.show_error("Timing failed", error, details)
 
         self._timing_is_automatic = automatic
         self.timing_panel.set_measuring(True)
         self.lanes["timing"].submit(
-            job,
+            lambda context: run(context.progress, context.cancel),
             JobCallbacks(
-                measured,
-                on_error=lambda error, details: (
-                    self.timing_panel.set_measuring(False),
-                    self.show_error("Timing failed", error, details),
-                ),
-                on_cancelled=lambda: self.timing_panel.set_measuring(False),
+                measured, on_error=failed, on_cancelled=lambda: self.timing_panel.set_measuring(False)
             ),
         )
 
@@ -635,7 +594,38 @@ class MainWindow(QtWidgets.QMainWindow):
         self.slice_view.set_compressed_title(f"Compressed · {text}{stale}")
         self.surface_view.compressed_view.set_title(f"Compressed · {text}{stale}")
 
+    def _prepare_sweep(self) -> None:
+        """The sweep backend builds its own Segmenter (a float64 copy of the CT): off the UI thread."""
+        session, token = self.session, self.session.volume_token
+
+        def ready(result: tuple[object, list[str]]) -> None:
+            if token == self.session.volume_token:
+                self.sweep_panel.set_backend(*result)
+
+        self.lanes["sweep_setup"].submit(
+            lambda _context: session_sweep_backend(session),
+            JobCallbacks(ready, on_error=self._error_handler("Could not prepare the DF sweep")),
+        )
+
+    def export_bundle(self) -> ExportBundle:
+        """What File > Export writes: the session as shown, the last sweep and the measured times."""
+        timings = [
+            {
+                "expert": row.expert,
+                "DF": row.df,
+                "original_ms": round(row.original_seconds * 1000, 1),
+                "compressed_ms": None
+                if row.compressed_seconds is None
+                else round(row.compressed_seconds * 1000, 1),
+                "speedup": None if row.speedup is None else round(row.speedup, 3),
+                "setup": self.timing_panel.setup_text,
+            }
+            for row in self.timing_panel.timings
+        ]
+        return session_bundle(self.session, sweep=self.sweep_panel.result, timings=timings)
+
     def _clear_views(self) -> None:
+        self.sweep_panel.set_backend(None, [])
         self._surfaces_source.clear()
         self.surface_view.set_original({})
         self.surface_view.set_compressed({})

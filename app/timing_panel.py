@@ -6,34 +6,16 @@ when a DF moves; the panel says so instead of showing numbers for a network that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.figures_panel import COMPRESSED_BRUSH, ORIGINAL_BRUSH
 from tuckerscope.app.style import configure_pyqtgraph
+from tuckerscope.core.session_jobs import ExpertTiming
 
 PRECISIONS = ("fp32", "bf16")
 COLUMNS = ("expert", "DF", "original", "compressed", "speed-up")
-
-
-@dataclass(frozen=True)
-class TimingRow:
-    """Median forward time of one expert's original and compressed network on one patch."""
-
-    expert: str
-    df: float
-    original_seconds: float
-    compressed_seconds: float | None  # None: the expert is at full rank, nothing to compare
-    patch_size: tuple[int, ...]
-
-    @property
-    def speedup(self) -> float | None:
-        if self.compressed_seconds is None:
-            return None
-        return self.original_seconds / max(self.compressed_seconds, 1e-12)
 
 
 def format_seconds(seconds: float) -> str:
@@ -77,16 +59,18 @@ class TimingPanel(QtWidgets.QWidget):
         layout.addWidget(self.setup_label)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.chart, 1)
-        self.timings: list[TimingRow] = []
+        self.timings: list[ExpertTiming] = []
+        self.setup_text = ""
 
     def set_measuring(self, measuring: bool) -> None:
         self.measure_button.setEnabled(not measuring)
         if measuring:
             self.setup_label.setText(self.setup_label.text().split(" — ")[0] + " — measuring…")
 
-    def set_timings(self, timings: list[TimingRow], setup: str, repeats: int) -> None:
+    def set_timings(self, timings: list[ExpertTiming], setup: str, repeats: int) -> None:
         """``setup`` names device, precision and threads, e.g. 'fp32 on cpu, 2 threads'."""
         self.timings = list(timings)
+        self.setup_text = setup
         patches = sorted({" x ".join(str(p) for p in t.patch_size) for t in timings})
         self.measure_button.setEnabled(True)
         self.setup_label.setText(
@@ -118,12 +102,12 @@ class TimingPanel(QtWidgets.QWidget):
             self.chart.setXRange(-0.6, len(timings) - 0.4, padding=0)
             self.chart.setYRange(0, float(max(original.max(), compressed.max())) * 1.1, padding=0)
 
-    def mark_stale(self, dfs: dict[str, float]) -> None:
-        """Grey out rows whose DF no longer matches the sliders."""
+    def mark_stale(self, rank_keys: dict[str, object]) -> None:
+        """Grey out rows measured at other ranks than the ones now chosen."""
         for row, timing in enumerate(self.timings):
-            stale = abs(dfs.get(timing.expert, timing.df) - timing.df) > 1e-6
+            stale = rank_keys.get(timing.expert, timing.rank_key) != timing.rank_key
             for col in range(self.table.columnCount()):
                 item = self.table.item(row, col)
                 if item is not None:
                     item.setForeground(pg.mkColor(130, 130, 130) if stale else self.palette().text().color())
-                    item.setToolTip("measured at another DF: press Re-measure" if stale else "")
+                    item.setToolTip("measured at other ranks: press Re-measure" if stale else "")

@@ -178,6 +178,23 @@ def test_cancel_stops_the_refresh_and_keeps_what_is_shown(qtbot, tiny_window):
     assert window.progress_status.message.text() == "Ready"
 
 
+def test_export_and_sweep_are_wired_to_the_session(qtbot, tiny_window, tmp_path):
+    window = tiny_window
+    window.experts_panel.rows["tinyorgans"].slider.setValue(0.5)
+    wait_idle(qtbot, window)
+    assert window.sweep_panel.run_button.isEnabled()
+    window.exports.ask = False
+    failures = []
+    window.exports.failed.connect(failures.append)
+    (tmp_path / "out").mkdir()
+    with qtbot.waitSignal(window.exports.exported, timeout=IDLE_TIMEOUT_MS) as written:
+        window.exports.export(window.export_bundle(), tmp_path / "out", ["segmentation", "tables"])
+    assert not failures
+    names = {Path(p).name for p in written.args[0]}
+    assert any(name.endswith(".nii.gz") for name in names)
+    assert any(name.endswith(".csv") for name in names)
+
+
 def test_settings_persist_dfs_and_recent_files(qtbot, tmp_path):
     settings_path = tmp_path / "settings"
     settings_path.mkdir()
