@@ -31,8 +31,8 @@ API (all arrays are nibabel-ordered (x, y, z) on the input grid; labels are the 
     labels = segment_with_expert(volume_data, affine, expert)         # one-shot convenience
 
 ``progress(fraction, message)`` is called with a fraction in [0, 1]; ``cancel`` is a callable returning True or a
-``threading.Event``; cancelling raises ``tuckerscope.core.errors.Cancelled`` between tiles. ``InferenceOptions``
-selects device (cpu/cuda/mps), precision (fp32 is the reference; bf16 autocast on CPU), channels_last_3d and the
+``threading.Event``; cancelling raises ``tuckerscope.core.errors.Cancelled`` before the next layer runs.
+``InferenceOptions`` selects device (cpu/cuda/mps), precision (fp32 is the reference; bf16 autocast on CPU), channels_last_3d and the
 torch thread count. A Segmenter is not thread-safe: drive it from one worker thread.
 """
 
@@ -238,6 +238,7 @@ class Segmenter:
         should_cancel = _cancel_checker(cancel)
         report(0.0, f"{expert.name}: preparing input")
         prepared = self._prepare(expert, recipe)
+        _stop_if(should_cancel)
         run = _TileRun(prepared, network or expert.network, options, should_cancel)
         if roi is not None:
             roi = check_roi(roi, self.shape)
@@ -250,6 +251,7 @@ class Segmenter:
             logits = run.logits(None, report.span(0.5, 0.95, expert.name))
         else:
             logits = run.logits(None, report.span(0.05, 0.95, expert.name))
+        _stop_if(should_cancel)
         report(0.95, f"{expert.name}: back to the input grid")
         labels = self._to_input_grid(prepared, logits, prepared.recipe)
         if is_original:
@@ -483,8 +485,7 @@ class _TileRun:
                 self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results_device
             )
             for done, index in enumerate(indices):
-                if self.should_cancel():
-                    raise Cancelled("segmentation cancelled")
+                _stop_if(self.should_cancel)
                 slicer = self.slicers[index]
                 prediction = self.cache.get(index)
                 if prediction is None:
@@ -535,9 +536,22 @@ class _TileRun:
         if self.options.channels_last:
             network.to(memory_format=torch.channels_last_3d)
         predictor.network = network
+        # One tile of a TS network takes 10-30 s on a CPU: check for a cancel before every layer, not only between
+        # tiles. Only in this thread: the same network object may run elsewhere (timings) meanwhile.
+        thread = threading.get_ident()
+
+        def check(_module: torch.nn.Module, _inputs: Any) -> None:
+            if threading.get_ident() == thread:
+                _stop_if(self.should_cancel)
+
+        hooks = [
+            m.register_forward_pre_hook(check) for m in network.modules() if next(m.children(), None) is None
+        ]
         try:
             yield
         finally:
+            for hook in hooks:
+                hook.remove()
             predictor.network = original_network
             if self.options.channels_last:
                 network.to(memory_format=torch.contiguous_format)
@@ -566,6 +580,11 @@ def _only_inside(labels: np.ndarray, roi: Roi) -> np.ndarray:
     result = np.zeros_like(labels)
     result[roi] = labels[roi]
     return result
+
+
+def _stop_if(should_cancel: Callable[[], bool]) -> None:
+    if should_cancel():
+        raise Cancelled("segmentation cancelled")
 
 
 def _cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:
