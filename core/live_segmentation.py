@@ -68,6 +68,7 @@ class SegmentationUpdate:
     compressed: dict[str, np.ndarray]
     compressed_keys: dict[str, RankKey]
     complete_experts: frozenset[str]  # experts whose compressed labels cover the whole volume
+    complete_originals: frozenset[str]  # experts whose original labels cover the whole volume
     display_original: np.ndarray | None
     display_compressed: np.ndarray | None
     stage: str  # 'slab' or 'volume'
@@ -121,12 +122,18 @@ def run_segmentation(
     user_cancel: threading.Event,
     partial: Callable[[SegmentationUpdate], None],
 ) -> SegmentationUpdate:
-    """Run a plan: the slab (if any) for every expert, then the whole volume; originals before compressed."""
+    """Run a plan: the slab (if any) for every expert, then the whole volume; originals before compressed.
+
+    When superseded, the compressed work is dropped but the originals still finish (and are reported):
+    they are cached, and the request that superseded this one needs them too. Raises Cancelled at the end.
+    """
     order = [run.name for run in plan.runs]
     originals = dict(plan.originals)
     compressed = dict(plan.compressed)
     keys: dict[str, RankKey] = {}
     complete: set[str] = set()
+    complete_originals = {run.name for run in plan.runs if not run.need_original and run.name in originals}
+    located = not any(run.need_original for run in plan.runs)  # class positions already known
     networks: dict[str, nn.Module] = {}
     work = [(run, side) for side in ("original", "compressed") for run in plan.runs if _needs(run, side)]
     stages = (["slab"] if plan.roi is not None else []) + ["volume"]
@@ -150,37 +157,48 @@ def run_segmentation(
         return forward
 
     def update(stage: str, done: bool, description: str) -> SegmentationUpdate:
+        nonlocal located
         shown_compressed = {**originals, **compressed}
         for run in plan.runs:  # full-rank experts show their original on the compressed side
             if run.ranks is None and run.name in originals:
                 shown_compressed[run.name] = originals[run.name]
         display_original = _display(originals, plan, order)
-        originals_new = any(run.need_original for run in plan.runs)
+        positions = None
+        if not located and len(complete_originals) == len(plan.runs) and display_original is not None:
+            positions, located = class_positions(display_original), True
         return SegmentationUpdate(
             volume_token=plan.volume_token,
             originals=dict(originals),
             compressed=dict(compressed),
             compressed_keys=dict(keys),
             complete_experts=frozenset(complete),
+            complete_originals=frozenset(complete_originals),
             display_original=display_original,
             display_compressed=_display(shown_compressed, plan, order),
             stage=stage,
             done=done,
             description=description,
-            positions=class_positions(display_original)
-            if done and originals_new and display_original is not None
-            else None,
+            positions=positions,
         )
 
     for stage in stages:
+        if stage == "slab" and compressed_cancel():
+            continue  # superseded: nobody will see this slab, go straight to the cached originals
         roi = plan.roi if stage == "slab" else None
         for run, side in work:
             if side == "compressed" and compressed_cancel():
-                raise Cancelled("superseded by a newer request")
+                continue  # dropped; the originals still finish, they are cached for the next request
             label = f"{run.name} {side}" + (f" ({plan.roi_description})" if roi is not None else "")
             if side == "original":
                 labels = _segment(plan, run, None, roi, report_for(label), original_cancel)
                 originals[run.name] = _paste(originals.get(run.name), labels, roi)
+                if roi is None:
+                    complete_originals.add(run.name)
+                    last_original = not any(
+                        s == "original" and r.name not in complete_originals for r, s in work
+                    )
+                    if last_original and any(s == "compressed" for _, s in work):
+                        partial(update("volume", False, "originals done, compressed filling in"))
             else:
                 network = networks.get(run.name) or run.network or run.engine.compress(run.ranks or {})
                 networks[run.name] = network
@@ -191,8 +209,10 @@ def run_segmentation(
                 if roi is None:
                     complete.add(run.name)
             done_steps += 1
-        if stage == "slab":
+        if stage == "slab" and not compressed_cancel():
             partial(update("slab", False, f"{plan.roi_description} updated, rest of the volume filling in"))
+    if compressed_cancel():
+        raise Cancelled("superseded by a newer request")
     return update("volume", True, "whole volume updated")
 
 

@@ -141,6 +141,7 @@ class Session:
         self.compressed: dict[str, np.ndarray] = {}
         self.compressed_keys: dict[str, RankKey] = {}
         self.complete_compressed: frozenset[str] = frozenset()
+        self.complete_originals: frozenset[str] = frozenset()
         self.display_original: np.ndarray | None = None
         self.display_compressed: np.ndarray | None = None
         self.positions: dict[int, tuple[int, int, int]] = {}
@@ -191,6 +192,7 @@ class Session:
 
     def _clear_segmentations(self) -> None:
         self.originals, self.compressed, self.compressed_keys = {}, {}, {}
+        self.complete_originals = frozenset()
         self.complete_compressed = frozenset()
         self.display_original = self.display_compressed = None
         self.positions = {}
@@ -222,7 +224,7 @@ class Session:
                     ranks=None if full else expert.ranks(),
                     rank_key=key,
                     network=_built_network(networks, name, key),
-                    need_original=name not in self.originals,
+                    need_original=name not in self.complete_originals,
                     need_compressed=not full
                     and (self.compressed_keys.get(name) != key or name not in self.complete_compressed),
                 )
@@ -256,6 +258,7 @@ class Session:
         if update.volume_token != self.volume_token:
             return False
         self.originals = update.originals
+        self.complete_originals = update.complete_originals
         self.compressed.update(update.compressed)
         self.compressed_keys.update(update.compressed_keys)
         self.complete_compressed = frozenset(
@@ -276,7 +279,7 @@ class Session:
         """True when every expert's compressed labels cover the volume at the ranks now chosen."""
         return all(
             expert.is_full_rank() or name in self.complete_compressed for name, expert in self.experts.items()
-        ) and len(self.originals) == len(self.experts)
+        ) and len(self.complete_originals) == len(self.experts)
 
     # ----- agreement ----------------------------------------------------------------------------------------
     def plan_agreement(self) -> Callable[[threading.Event], AgreementResult] | None:

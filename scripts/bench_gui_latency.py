@@ -17,11 +17,14 @@ Timings depend on the machine's load; the script prints the load average beside 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 from pyqtgraph.Qt import QtCore, QtWidgets
@@ -32,6 +35,37 @@ from tuckerscope.app.main_window import MainWindow
 SCHEDULE = (0.5, 0.2, 0.8, 0.3, 0.1)
 DRAG_STEPS = 5
 STEP_PAUSE_S = 0.03
+
+
+class StallTracer:
+    """While the event loop is stalled (> 0.3 s since the probe's last tick), sample every thread's stack."""
+
+    def __init__(self, probe: StallProbe) -> None:
+        self.probe = probe
+        self.samples: collections.Counter[str] = collections.Counter()
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        main = threading.main_thread().ident
+        while self.running:
+            time.sleep(0.05)
+            if time.perf_counter() - self.probe.last > 0.3:
+                frames = sys._current_frames()
+                for ident, frame in frames.items():
+                    if ident == threading.get_ident():
+                        continue
+                    who = "UI thread" if ident == main else "worker"
+                    stack = "".join(traceback.format_stack(frame)[-4:])
+                    self.samples[f"[{who}]\n{stack}"] += 1
+
+    def report(self) -> None:
+        self.running = False
+        for stack, count in self.samples.most_common(8):
+            print(f"--- {count} samples (x 50 ms) while stalled\n{stack}")
 
 
 class StallProbe:
@@ -80,6 +114,8 @@ def main() -> int:
     parser.add_argument("--ct", type=Path, help="CT to open (default: the demo phantom)")
     parser.add_argument("--model", default="demo", help="model source (default: demo)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each step")
+    parser.add_argument("--schedule", type=float, nargs="+", default=SCHEDULE, help="DFs to release at")
+    parser.add_argument("--trace-stalls", action="store_true", help="print thread stacks seen during stalls")
     args = parser.parse_args()
 
     app = QtWidgets.QApplication(sys.argv[:1])
@@ -102,10 +138,13 @@ def main() -> int:
     )
     probe = StallProbe()
     probe.start()
+    tracer = StallTracer(probe)
+    if args.trace_stalls:
+        tracer.start()
     rows = []
     sliders = [row.slider for row in window.experts_panel.rows.values()]
     current = sliders[0].value()
-    for target in SCHEDULE:
+    for target in args.schedule:
         for step in range(1, DRAG_STEPS + 1):
             value = round(current + (target - current) * step / DRAG_STEPS, 2)
             for slider in sliders:
@@ -139,6 +178,8 @@ def main() -> int:
         f"{gaps[int(0.99 * (len(gaps) - 1))] * 1000:.0f} ms over {len(gaps)} ticks "
         f"(load average {os.getloadavg()[0]:.1f})"
     )
+    if args.trace_stalls:
+        tracer.report()
     window.close()
     return 0
 

@@ -129,6 +129,15 @@ def test_slider_drag_recompresses_and_updates_everything(qtbot, tiny_window):
     sizes = window.sizes["tinyorgans"]
     assert sizes.params_compressed < sizes.params_original
     qtbot.waitUntil(lambda: window.agreement_panel.table.rowCount() > 0, timeout=IDLE_TIMEOUT_MS)
+    rows = window.agreement_panel.rows
+    assert [r.dice for r in rows] == sorted(r.dice for r in rows)  # worst first
+    target = next(r for r in rows if r.label in window.session.positions)
+    table = window.agreement_panel.table
+    index = rows.index(target)
+    rect = table.visualItemRect(table.item(index, 0))
+    qtbot.mouseClick(table.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=rect.center())
+    assert window.slice_view.position == window.session.positions[target.label]
+    assert window.session.display_original[window.slice_view.position] == target.label
 
 
 def test_planes_and_class_toggles_follow_through(qtbot, tiny_window):

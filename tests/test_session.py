@@ -1,0 +1,120 @@
+"""The window's Qt-free session: display grid, label merging, slab-first refresh, supersede and cancel rules."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tiny_model import tiny_dataset_json, write_tiny_model
+from tuckerscope.core.display_grid import DisplayGrid
+from tuckerscope.core.errors import Cancelled
+from tuckerscope.core.live_segmentation import class_positions, merge_labels, run_segmentation
+from tuckerscope.core.model_sources import folder_source
+from tuckerscope.core.session import CaseVolume, Session, load_expert_models
+
+
+def test_display_grid_reorients_lps_to_ras_and_maps_slices_back():
+    affine = np.diag([-2.0, -3.0, 4.0, 1.0])  # LPS-like: x and y flipped
+    data = np.arange(5 * 6 * 7).reshape(5, 6, 7)
+    grid = DisplayGrid.from_affine(affine, data.shape)
+    shown = grid.to_display(data)
+    np.testing.assert_array_equal(shown, data[::-1, ::-1, :])
+    assert grid.display_spacing == (2.0, 3.0, 4.0)
+    assert grid.input_index(0, 0) == (0, 4)  # first displayed i is the last stored x
+    assert grid.input_index(2, 3) == (2, 3)
+    permuted = DisplayGrid.from_affine(
+        np.array([[0, 0, 2, 0], [3, 0, 0, 0], [0, 4, 0, 0], [0, 0, 0, 1.0]]), (5, 6, 7)
+    )
+    assert permuted.display_shape == (7, 5, 6)
+    assert permuted.input_axis(0) == 2
+
+
+def test_merge_lets_later_experts_win_and_positions_land_inside():
+    first = np.array([[[1, 1, 0, 0]]], dtype=np.uint8)
+    second = np.array([[[0, 2, 2, 0]]], dtype=np.uint8)
+    maps = {"a": np.array([0, 5], np.uint8), "b": np.array([0, 0, 7], np.uint8)}
+    merged = merge_labels({"a": first, "b": second}, maps, ["a", "b"])
+    np.testing.assert_array_equal(merged, [[[5, 7, 7, 0]]])
+    labels = np.zeros((20, 20, 10), np.uint8)
+    labels[2:6, 3:9, 1:4] = 3
+    labels[12:18, 12:14, 5:9] = 9
+    positions = class_positions(labels)
+    assert set(positions) == {3, 9}
+    assert all(labels[p] == label for label, p in positions.items())
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    first = write_tiny_model(root / "x", seed=3)
+    first.parent.rename(root / "Dataset801_First")
+    second = write_tiny_model(
+        root / "y", seed=4, dataset_json=tiny_dataset_json({"background": 0, "bone": 1})
+    )
+    second.parent.rename(root / "Dataset802_Second")
+    source = folder_source(root)
+    return source, load_expert_models(source)
+
+
+def new_session(loaded) -> Session:
+    source, experts = loaded
+    i, j, k = np.mgrid[:36, :34, :20]
+    ct = np.where(((i - 18) / 15) ** 2 + ((j - 17) / 13) ** 2 < 1, 40.0, -1000.0).astype(np.float32)
+    session = Session()
+    session.set_volume(CaseVolume.from_array(ct, np.diag([-3.0, 3.0, 3.0, 1.0]), "ct"))
+    for expert in experts:
+        expert.df, expert.overrides = 1.0, {}
+    session.set_experts(experts, source.name)
+    return session
+
+
+def test_slab_first_then_whole_volume_and_only_changed_experts_rerun(loaded):
+    session = new_session(loaded)
+    partials = []
+    never = threading.Event()
+    plan = session.plan_segmentation(display_axis=2, display_index=10)
+    assert [run.need_original for run in plan.runs] == [True, True]
+    final = run_segmentation(plan, lambda f, m: None, never, never, partials.append)
+    slab = partials[0]
+    assert slab.stage == "slab" and not slab.done and not slab.complete_originals
+    outside = np.ones(session.volume.data.shape, bool)
+    outside[:, :, 4:17] = False  # slab 10 +- 6 on the (unflipped) z axis
+    assert all(not labels[outside].any() for labels in slab.originals.values())
+    assert final.done and final.complete_originals == {"first", "second"}
+    assert session.apply_segmentation(final)
+    assert session.compressed_is_current()  # DF 1.0 everywhere: compressed is the original
+    np.testing.assert_array_equal(session.display_compressed, session.display_original)
+    assert all(session.display_original[p] == label for label, p in session.positions.items())
+
+    session.set_df("second", 0.3)
+    assert not session.compressed_is_current()
+    plan = session.plan_segmentation()
+    assert [(r.need_original, r.need_compressed) for r in plan.runs] == [(False, False), (False, True)]
+    session.apply_segmentation(run_segmentation(plan, lambda f, m: None, never, never, lambda u: None))
+    assert session.compressed_is_current()
+    agreement = session.plan_agreement()(never)
+    assert {info.expert for info, _ in agreement.rows} <= {"first", "second"}
+    assert [s.dice for _, s in agreement.rows] == sorted(s.dice for _, s in agreement.rows)
+
+
+def test_superseded_refresh_still_finishes_originals_and_stale_updates_are_refused(loaded):
+    session = new_session(loaded)
+    session.set_df("first", 0.4)
+    superseded, user = threading.Event(), threading.Event()
+    superseded.set()  # a newer request arrived before this one even started
+    partials = []
+    with pytest.raises(Cancelled):
+        run_segmentation(
+            session.plan_segmentation(2, 10), lambda f, m: None, superseded, user, partials.append
+        )
+    originals_done = [u for u in partials if u.complete_originals == {"first", "second"}]
+    assert originals_done, (
+        "originals must complete (and be reported) even when the compressed part is dropped"
+    )
+    session.apply_segmentation(originals_done[-1])
+    assert [r.need_original for r in session.plan_segmentation().runs] == [False, False]
+    stale = originals_done[-1]
+    session.set_experts(list(session.experts.values()), "again")
+    assert not session.apply_segmentation(stale)
