@@ -99,16 +99,7 @@ def trace_layer_shapes(network: nn.Module, input_shape: tuple[int, ...]) -> dict
     memory even at full patch size. Convs that do not run (deep-supervision heads when deep supervision is
     off) are absent from the result.
     """
-    shadow = _copy_structure(network, {})
-    for module in shadow.modules():
-        for key, tensor in module._parameters.items():
-            if tensor is not None:
-                module._parameters[key] = nn.Parameter(
-                    torch.empty_like(tensor, device="meta"), requires_grad=False
-                )
-        for key, tensor in module._buffers.items():
-            if tensor is not None:
-                module._buffers[key] = torch.empty_like(tensor, device="meta")
+    shadow = meta_copy(network)
     shapes: dict[str, LayerShapes] = {}
     for name, module in conv_modules(shadow).items():
 
@@ -123,6 +114,21 @@ def trace_layer_shapes(network: nn.Module, input_shape: tuple[int, ...]) -> dict
     return shapes
 
 
+def meta_copy(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` whose tensors live on the meta device: shapes flow through it, no arithmetic."""
+    shadow = _copy_structure(network, {})
+    for module in shadow.modules():
+        for key, tensor in module._parameters.items():
+            if tensor is not None:
+                module._parameters[key] = nn.Parameter(
+                    torch.empty_like(tensor, device="meta"), requires_grad=False
+                )
+        for key, tensor in module._buffers.items():
+            if tensor is not None:
+                module._buffers[key] = torch.empty_like(tensor, device="meta")
+    return shadow
+
+
 def copy_with_replacements(network: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
     """A copy of ``network`` whose named convs are replaced in every slot; all tensors are shared.
 
@@ -131,12 +137,17 @@ def copy_with_replacements(network: nn.Module, replacements: Mapping[str, nn.Mod
     ``network``, so the copy is for inference, or must be deep-copied before training.
     """
     modules = conv_modules(network)
-    memo: dict[int, nn.Module] = {}
+    by_id: dict[int, nn.Module] = {}
     for name, replacement in replacements.items():
         if name not in modules:
             raise KeyError(f"network has no conv layer named {name!r}")
-        memo[id(modules[name])] = replacement
-    return _copy_structure(network, memo)
+        by_id[id(modules[name])] = replacement
+    return copy_replacing(network, by_id)
+
+
+def copy_replacing(network: nn.Module, replacements: Mapping[int, nn.Module]) -> nn.Module:
+    """Like copy_with_replacements, for any modules, keyed by id() of the module to replace."""
+    return _copy_structure(network, dict(replacements))
 
 
 def _copy_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:

@@ -1,10 +1,11 @@
 """Parameters and FLOPs of original and compressed networks, analytically, as nnU-Net runs them.
 
-One FLOP is one multiply-add (as fvcore counts; torch.utils.flop_counter counts two). Only convolutions and
-matrix products are counted, as both counters do; norms, activations and additions are not. Counts are for one
+One FLOP is one multiply-add (as fvcore counts; torch.utils.flop_counter counts two). Only convolutions are
+counted, as both counters do for these networks; norms, activations and additions are not. Counts are for one
 patch of the plans' size; convs that do not run at inference (deep-supervision heads) are not counted, and
-neither are their parameters. A compressed pointwise layer that runs as its dense matrix (see
-tucker_conv.runs_dense) is counted as it runs: the matrix rebuild plus the dense product.
+neither are their parameters. A compressed layer is counted as the paper's three convs, whatever shortcut runs
+it (a pointwise layer rebuilt as its dense matrix, the norm folded into the last projection: tucker_conv.py,
+fused_norm.py); those shortcuts only ever run fewer multiply-adds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from torch import nn
 
 from tuckerscope.core.conv_layers import CONV_TYPES, ConvLayer, LayerShapes
 from tuckerscope.core.tucker import TuckerEngine
-from tuckerscope.core.tucker_conv import runs_dense
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,11 @@ def original_layer_cost(layer: ConvLayer, shapes: LayerShapes) -> LayerCost:
 
 
 def tucker_layer_cost(layer: ConvLayer, shapes: LayerShapes, r_out: int, r_in: int) -> LayerCost:
-    """Cost of the layer's TuckerConv at (r_out, r_in), the way it runs."""
+    """Cost of the layer's three Tucker convs at (r_out, r_in)."""
     c_out, c_in = layer.out_channels, layer.in_channels
     params = (
         c_in * r_in + r_out * r_in * layer.kernel_volume + c_out * r_out + (c_out if layer.has_bias else 0)
     )
-    if runs_dense(layer, r_out, r_in):
-        rebuild = c_out * r_out * r_in + c_out * r_in * c_in
-        return LayerCost(params, rebuild + c_out * c_in * shapes.output_voxels)
     core_voxels = shapes.input_voxels if layer.transposed else shapes.output_voxels
     flops = (
         c_in * r_in * shapes.input_voxels

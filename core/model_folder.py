@@ -232,6 +232,10 @@ def load_expert(spec: ExpertSpec) -> LoadedExpert:
     except Exception as exc:  # nnunetv2 raises many types on malformed plans
         raise ModelFolderError(f"plans.json in {spec.folder} does not describe a network ({exc})") from None
     checkpoint = read_checkpoint(spec.checkpoint)
+    if "tucker_compression" in checkpoint:  # written by compressed_model.save_compressed: swap in its layers
+        from tuckerscope.core.compressed_model import with_compressed_structure
+
+        network = with_compressed_structure(network, checkpoint["tucker_compression"])
     weights = _strip_compile_prefix(checkpoint["network_weights"])
     _check_output_channels(weights, labels, spec)
     try:

@@ -153,3 +153,26 @@ def _cheapest_cell_reaching(grid: np.ndarray, threshold: float, layer: ConvLayer
     cost = np.where(reachable, params - grid * 1e-3, np.inf)
     index = np.unravel_index(np.argmin(cost), cost.shape)
     return int(index[0]) + 1, int(index[1]) + 1
+
+
+def parse_df_options(values: Iterable[str], expert_names: Iterable[str]) -> dict[str, float]:
+    """['0.3', 'ribs=0.5'] -> {expert: DF}: a plain value for every expert, EXPERT=DF for one (wins)."""
+    names = list(expert_names)
+    default: float | None = None
+    per_expert: dict[str, float] = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            df = float(number)
+        except ValueError:
+            raise RankPolicyError(f"--df {value!r}: expected a number like 0.3 or EXPERT=0.3") from None
+        check_df(df)
+        if not name:
+            default = df
+        elif name not in names:
+            raise RankPolicyError(f"--df {value!r}: no expert named {name!r}; experts: {', '.join(names)}")
+        else:
+            per_expert[name] = df
+    result = {name: default for name in names if default is not None}
+    result.update(per_expert)
+    return result

@@ -24,11 +24,12 @@ from tuckerscope.core.conv_layers import (
     ConvLayer,
     LayerShapes,
     conv_modules,
-    copy_with_replacements,
+    copy_replacing,
     find_conv_layers,
     trace_layer_shapes,
 )
 from tuckerscope.core.errors import Cancelled, UserError
+from tuckerscope.core.fused_norm import fused_blocks
 from tuckerscope.core.tucker_conv import Method, TuckerConv
 
 Ranks = Mapping[str, tuple[int, int]]
@@ -164,13 +165,16 @@ class TuckerEngine:
         ranks: Ranks,
         keep_full_rank: bool = True,
         refined: Mapping[str, LayerFactors] | None = None,
+        fuse_norm: bool = True,
     ) -> nn.Module:
         """A compressed copy of the network: each layer in ``ranks`` becomes a TuckerConv.
 
         Layers absent from ``ranks`` stay as they are; so do layers at full rank on both modes when
         ``keep_full_rank`` (they would compute the same function, only slower). ``refined`` maps layer
         names to HOOI factors of exactly the requested ranks; those layers use them instead of the slice.
-        Untouched parameters are shared with the original network (see copy_with_replacements).
+        ``fuse_norm`` runs each TuckerConv with its following instance norm and LeakyReLU as one pass
+        (fused_norm.py; same function, same state-dict keys). Untouched parameters are shared with the
+        original network (see copy_with_replacements).
         """
         self.validate(ranks)
         if not self.is_factorised:
@@ -188,7 +192,7 @@ class TuckerEngine:
                         f"refined factors of {name} have ranks {factors.ranks}, not {(r_out, r_in)}"
                     )
             replacements[name] = build_tucker_conv(layer, factors, r_out, r_in, self.bias(name))
-        return copy_with_replacements(self.network, replacements)
+        return network_with_tucker_layers(self.network, replacements, fuse_norm)
 
     def validate(self, ranks: Ranks) -> None:
         for name, (r_out, r_in) in ranks.items():
@@ -216,6 +220,18 @@ def build_tucker_conv(
         bias=bias,
         method=factors.method,
     )
+
+
+def network_with_tucker_layers(
+    network: nn.Module, replacements: Mapping[str, TuckerConv], fuse_norm: bool = True
+) -> nn.Module:
+    """A copy of ``network`` with the named convs replaced (in every slot), optionally norm-fused."""
+    modules = conv_modules(network)
+    tucker_by_id = {id(modules[name]): module for name, module in replacements.items()}
+    swaps: dict[int, nn.Module] = dict(tucker_by_id)
+    if fuse_norm:
+        swaps.update(fused_blocks(network, tucker_by_id))
+    return copy_replacing(network, swaps)
 
 
 @contextmanager

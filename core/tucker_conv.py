@@ -3,10 +3,11 @@
 A TuckerConv holds the Tucker-2 factors of one conv: U_in^T (r_in x C_in), the core G (the original kernel
 shape with r_in -> r_out channels) and U_out (C_out x r_out) with the original bias. It is a plain module
 with four tensors rather than three nn.Conv3d because a recompression builds dozens of them and must take
-milliseconds. The two 1x1x1 projections run as one matrix product each: PyTorch's 1x1x1 Conv3d path on a
-CPU is several times slower than the equivalent GEMM on the same data. A pointwise layer whose factored form
-costs more multiply-adds than its rebuilt dense matrix runs as that matrix (the same function, rebuilt per call
-for a few microseconds).
+milliseconds. How it runs (each choice measured on the 2-core CPU, see scripts/bench_forward_variants.py):
+the two 1x1x1 projections are one GEMM each (PyTorch's 1x1x1 Conv3d path is several times slower on the
+same data); the core goes straight to oneDNN (see core_conv); a transposed core with kernel == stride is a
+GEMM plus a voxel shuffle. A pointwise layer whose factored form costs more multiply-adds than its rebuilt
+dense matrix runs as that matrix (the same function, rebuilt per call for a few microseconds).
 """
 
 from __future__ import annotations
@@ -40,6 +41,73 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         out = torch.addmm(bias, flat, weight.T) if bias is not None else flat @ weight.T
         return out.view(n, *spatial, -1).permute(0, 4, 1, 2, 3)
     return F.conv3d(x, weight.reshape(*weight.shape, *(1,) * len(spatial)), bias)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an op on ``x`` runs in: autocast's lower precision when autocast is on, else x's own."""
+    if x.device.type not in ("cpu", "cuda"):
+        return x.dtype
+    if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def core_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...] | str,
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
+    """The core conv, straight through oneDNN on a CPU.
+
+    PyTorch sends float32 3D convs with N*C*D*H <= 20480 (few channels at low resolution: exactly the
+    compressed cores of deep layers) to its im2col fallback, which ran 3-8x slower than oneDNN here.
+    """
+    dtype = compute_dtype(x)
+    if (
+        x.device.type == "cpu"
+        and not isinstance(padding, str)
+        and dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    ):
+        return torch.ops.aten.mkldnn_convolution(
+            x.to(dtype), weight.to(dtype), None, list(padding), list(stride), list(dilation), 1
+        )
+    return F.conv3d(x, weight, None, stride, padding, dilation)
+
+
+def transposed_core(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...] | str,
+    output_padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
+    """The transposed core; when kernel == stride (U-Net upsampling) as one GEMM and a voxel shuffle.
+
+    Such a transposed conv writes each input voxel's kernel-sized output block without overlap, so it is a
+    pointwise map to r_out x k^3 channels followed by a rearrangement; PyTorch's transposed conv path for
+    few channels is several times slower.
+    """
+    kernel = tuple(weight.shape[2:])
+    non_overlapping = (
+        kernel == tuple(stride)
+        and not isinstance(padding, str)
+        and not any(padding)
+        and not any(output_padding)
+        and all(d == 1 for d in dilation)
+    )
+    if not non_overlapping or x.dim() != 5:
+        return F.conv_transpose3d(x, weight, None, stride, padding, output_padding, 1, dilation)
+    n, r_in, depth, height, width = x.shape
+    r_out = weight.shape[1]
+    matrix = weight.permute(1, 2, 3, 4, 0).reshape(-1, r_in)  # rows: (r_out, a, b, c)
+    blocks = torch.matmul(matrix, x.reshape(n, r_in, -1)).view(n, r_out, *kernel, depth, height, width)
+    shuffled = blocks.permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return shuffled.reshape(n, r_out, depth * kernel[0], height * kernel[1], width * kernel[2])
 
 
 def runs_dense(layer: ConvLayer, r_out: int, r_in: int) -> bool:
@@ -114,16 +182,18 @@ class TuckerConv(nn.Module):
         if self.runs_dense:
             dense = self.project_out @ self.core.reshape(self.core.shape[:2]) @ self.project_in
             return pointwise(x, dense, self.bias)
+        return pointwise(self.core_output(x), self.project_out, self.bias)
+
+    def core_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The r_out-channel tensor before the last projection (U_out and bias)."""
         x = pointwise(x, self.project_in)
         if self.transposed:
-            x = F.conv_transpose3d(
-                x, self.core, None, self.stride, self.padding, self.output_padding, 1, self.dilation
+            return transposed_core(
+                x, self.core, self.stride, self.padding, self.output_padding, self.dilation
             )
-        elif self.is_pointwise:
-            x = pointwise(x, self.core.reshape(self.core.shape[:2]))
-        else:
-            x = F.conv3d(x, self.core, None, self.stride, self.padding, self.dilation)
-        return pointwise(x, self.project_out, self.bias)
+        if self.is_pointwise:
+            return pointwise(x, self.core.reshape(self.core.shape[:2]))
+        return core_conv(x, self.core, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
         r_out, r_in = self.ranks
