@@ -131,6 +131,7 @@ class SlicePairView(QtWidgets.QWidget):
         self._level, self._width = WINDOW_PRESETS[0].level, WINDOW_PRESETS[0].width
         self._lut = np.zeros((1, 4), np.uint8)
         self._build()
+        self.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
 
     # ----- layout -------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -306,6 +307,20 @@ class SlicePairView(QtWidgets.QWidget):
         position = list(self._position)
         position[self._plane.slice_axis] += step
         self.set_position(tuple(position))
+
+    def keyPressEvent(self, event: QtGui.QKeyEvent) -> None:  # noqa: N802
+        """Up/Down (or Page Up/Down, ten at a time) scroll slices, as in radiology viewers."""
+        steps = {
+            QtCore.Qt.Key.Key_Up: 1,
+            QtCore.Qt.Key.Key_Down: -1,
+            QtCore.Qt.Key.Key_PageUp: 10,
+            QtCore.Qt.Key.Key_PageDown: -10,
+        }
+        if event.key() in steps:
+            self.step_slice(steps[event.key()])
+            event.accept()
+        else:
+            super().keyPressEvent(event)
 
     def set_window(self, level: float, width: float) -> None:
         self._level, self._width = float(level), max(float(width), 1.0)

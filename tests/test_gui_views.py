@@ -62,13 +62,15 @@ def test_planes_show_the_right_cut(slice_view):
         assert (cols, rows) == (ct.shape[plane.col_axis], ct.shape[plane.row_axis])
 
 
-def test_scroll_moves_both_sides_and_the_slider(slice_view):
+def test_scroll_moves_both_sides_and_the_slider(qtbot, slice_view):
     view, *_ = slice_view
     view.set_plane("axial")
     start = view.slice_index
     view.step_slice(3)
     assert view.slice_index == start + 3
     assert view.slice_slider.value() == start + 3
+    qtbot.keyClick(view, QtCore.Qt.Key.Key_PageDown)
+    assert view.slice_index == start - 7
     view.step_slice(-1000)
     assert view.slice_index == 0
     assert view.compressed_canvas.view_box.linkedView(0) is view.original_canvas.view_box
