@@ -72,11 +72,16 @@ class SegmentationError(UserError):
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How the network runs. fp32 on any device without channels_last is the parity reference."""
+    """How the network runs. fp32 in the contiguous layout is the parity reference.
+
+    ``channels_last=None`` (auto) runs swapped (compressed) networks in channels_last_3d on the CPU, where their
+    1x1x1 projections become plain GEMMs without layout copies (about 1.5x faster in fp32 here), and keeps
+    the original network contiguous so that its output stays bit-identical to TotalSegmentator's.
+    """
 
     device: str = "cpu"
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | None = None
     threads: int | None = None
     tile_cache_bytes: int = DEFAULT_TILE_CACHE_BYTES
 
@@ -98,8 +103,13 @@ class InferenceOptions:
             raise SegmentationError("device 'mps' requested but Apple MPS is not available; use --device cpu")
         return torch.device(self.device)
 
-    def cache_key(self) -> tuple[str, str, bool]:
+    def cache_key(self) -> tuple[str, str, bool | None]:
         return (self.device, self.precision, self.channels_last)
+
+    def uses_channels_last(self, original: bool) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return not original and self.device.split(":")[0] == "cpu"
 
 
 @dataclass(frozen=True)
@@ -239,7 +249,7 @@ class Segmenter:
         report(0.0, f"{expert.name}: preparing input")
         prepared = self._prepare(expert, recipe)
         _stop_if(should_cancel)
-        run = _TileRun(prepared, network or expert.network, options, should_cancel)
+        run = _TileRun(prepared, network or expert.network, options, should_cancel, is_original)
         if roi is not None:
             roi = check_roi(roi, self.shape)
             selected = run.tiles_touching(self._roi_box_in_model(roi, prepared))
@@ -435,6 +445,7 @@ class _TileRun:
         network: torch.nn.Module,
         options: InferenceOptions,
         should_cancel: Callable[[], bool],
+        original: bool = True,
     ) -> None:
         from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
@@ -442,6 +453,7 @@ class _TileRun:
         self.network = network
         self.options = options
         self.should_cancel = should_cancel
+        self.channels_last = options.uses_channels_last(original)
         predictor = prepared.predictor
         self.patch_size = tuple(int(p) for p in predictor.configuration_manager.patch_size)
         self.padded, self.revert_padding = pad_nd_image(
@@ -510,7 +522,7 @@ class _TileRun:
 
     def _predict_tile(self, slicer: tuple[slice, ...], device: torch.device) -> torch.Tensor:
         tile = torch.clone(self.padded[slicer][None], memory_format=torch.contiguous_format).to(device)
-        if self.options.channels_last:
+        if self.channels_last:
             tile = tile.to(memory_format=torch.channels_last_3d)
         with _autocast(device, self.options.precision):
             output = self.prepared.predictor._internal_maybe_mirror_and_predict(tile)[0]
@@ -533,7 +545,7 @@ class _TileRun:
             torch.set_num_threads(self.options.threads)
         network.eval()
         network.to(device)
-        if self.options.channels_last:
+        if self.channels_last:
             network.to(memory_format=torch.channels_last_3d)
         predictor.network = network
         # One tile of a TS network takes 10-30 s on a CPU: check for a cancel before every layer, not only between
@@ -553,7 +565,7 @@ class _TileRun:
             for hook in hooks:
                 hook.remove()
             predictor.network = original_network
-            if self.options.channels_last:
+            if self.channels_last:
                 network.to(memory_format=torch.contiguous_format)
             network.to("cpu")
             torch.set_num_threads(threads)

@@ -68,7 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 is the reference")
     parser.add_argument(
-        "--channels-last", action="store_true", help="run convolutions in channels_last_3d layout"
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last_3d layout (default: on for compressed experts on the CPU, off for the original)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
