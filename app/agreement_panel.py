@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
+from tuckerscope.app.tables import fill_table, read_only_table
+
 COLUMNS = ("class", "expert", "Dice", "NSD", "voxels orig", "voxels comp", "status")
 
 
@@ -41,12 +43,8 @@ class AgreementPanel(QtWidgets.QWidget):
         super().__init__(parent)
         self.summary = QtWidgets.QLabel("No comparison yet")
         self.summary.setWordWrap(True)
-        self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.verticalHeader().setVisible(False)
+        self.table = read_only_table(COLUMNS)
         self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         self.table.cellClicked.connect(self._on_clicked)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
@@ -58,9 +56,8 @@ class AgreementPanel(QtWidgets.QWidget):
         """Rows arrive worst first; the order is kept (the table is not user-sortable, on purpose)."""
         self.rows = list(rows)
         self.summary.setText(summary)
-        self.table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            cells = (
+        cells = [
+            (
                 row.name,
                 row.expert,
                 f"{row.dice:.3f}",
@@ -69,11 +66,14 @@ class AgreementPanel(QtWidgets.QWidget):
                 str(row.voxels_compressed),
                 row.status,
             )
-            for c, text in enumerate(cells):
-                item = QtWidgets.QTableWidgetItem(text)
-                if c in (2, 3):
-                    item.setForeground(quality_colour(row.dice if c == 2 else row.nsd))
-                self.table.setItem(r, c, item)
+            for row in self.rows
+        ]
+
+        def colour(r: int, c: int, item: QtWidgets.QTableWidgetItem) -> None:
+            if c in (2, 3):
+                item.setForeground(quality_colour(self.rows[r].dice if c == 2 else self.rows[r].nsd))
+
+        fill_table(self.table, cells, colour)
 
     def set_pending(self, text: str) -> None:
         self.summary.setText(text)

@@ -12,6 +12,7 @@ import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.style import configure_pyqtgraph
+from tuckerscope.app.tables import fill_table, read_only_table
 
 ORIGINAL_BRUSH = (120, 160, 230)
 COMPRESSED_BRUSH = (240, 150, 60)
@@ -63,11 +64,7 @@ class FiguresPanel(QtWidgets.QWidget):
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         configure_pyqtgraph()
         super().__init__(parent)
-        self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        self.table = read_only_table(COLUMNS)
         self.charts = pg.GraphicsLayoutWidget()
         self.params_plot = self.charts.addPlot(row=0, col=0, title="Parameters (M)")
         self.flops_plot = self.charts.addPlot(row=0, col=1, title="FLOPs per patch (G)")
@@ -89,9 +86,8 @@ class FiguresPanel(QtWidgets.QWidget):
     def set_figures(self, rows: list[SizeFigures]) -> None:
         self.rows = list(rows)
         shown = self.rows + ([total_of(self.rows)] if len(self.rows) > 1 else [])
-        self.table.setRowCount(len(shown))
-        for r, fig in enumerate(shown):
-            cells = (
+        cells = [
+            (
                 fig.name,
                 human(fig.params_original),
                 human(fig.params_compressed),
@@ -100,17 +96,21 @@ class FiguresPanel(QtWidgets.QWidget):
                 human(fig.flops_compressed),
                 f"{fig.flops_ratio:.2f}",
             )
-            for c, text in enumerate(cells):
-                item = QtWidgets.QTableWidgetItem(text)
-                if c:
-                    item.setTextAlignment(
-                        QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter
-                    )
-                if fig.name == "total" and fig is shown[-1] and len(self.rows) > 1:
-                    font = item.font()
-                    font.setBold(True)
-                    item.setFont(font)
-                self.table.setItem(r, c, item)
+            for fig in shown
+        ]
+        total_row = len(shown) - 1 if len(self.rows) > 1 else -1
+
+        def style(r: int, c: int, item: QtWidgets.QTableWidgetItem) -> None:
+            if c:
+                item.setTextAlignment(
+                    QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter
+                )
+            if r == total_row:
+                font = item.font()
+                font.setBold(True)
+                item.setFont(font)
+
+        fill_table(self.table, cells, style)
         self._draw_bars(
             self.params_plot, [(f.params_original / 1e6, f.params_compressed / 1e6) for f in self.rows]
         )

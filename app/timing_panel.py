@@ -12,6 +12,7 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.figures_panel import COMPRESSED_BRUSH, ORIGINAL_BRUSH
 from tuckerscope.app.style import configure_pyqtgraph
+from tuckerscope.app.tables import fill_table, read_only_table
 from tuckerscope.core.session_jobs import ExpertTiming
 
 PRECISIONS = ("fp32", "bf16")
@@ -39,11 +40,7 @@ class TimingPanel(QtWidgets.QWidget):
         self.measure_button.clicked.connect(
             lambda: self.remeasureRequested.emit(self.precision_combo.currentText())
         )
-        self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        self.table = read_only_table(COLUMNS)
         self.chart = pg.PlotWidget(title="Forward pass per patch (ms)")
         self.chart.setMenuEnabled(False)
         self.chart.setMouseEnabled(x=False, y=False)
@@ -77,18 +74,21 @@ class TimingPanel(QtWidgets.QWidget):
             f"<b>{setup}</b> · one patch per expert ({', '.join(patches)}) · median of {repeats} runs "
             "after a warm-up, original and compressed interleaved"
         )
-        self.table.setRowCount(len(timings))
-        for row, timing in enumerate(timings):
-            compressed = timing.compressed_seconds
-            cells = (
-                timing.expert,
-                f"{timing.df:.2f}",
-                format_seconds(timing.original_seconds),
-                "uncompressed" if compressed is None else format_seconds(compressed),
-                "—" if timing.speedup is None else f"{timing.speedup:.2f}x",
-            )
-            for col, text in enumerate(cells):
-                self.table.setItem(row, col, QtWidgets.QTableWidgetItem(text))
+        fill_table(
+            self.table,
+            [
+                (
+                    timing.expert,
+                    f"{timing.df:.2f}",
+                    format_seconds(timing.original_seconds),
+                    "uncompressed"
+                    if timing.compressed_seconds is None
+                    else format_seconds(timing.compressed_seconds),
+                    "—" if timing.speedup is None else f"{timing.speedup:.2f}x",
+                )
+                for timing in timings
+            ],
+        )
         self.chart.clear()
         if timings:
             x = np.arange(len(timings), dtype=float)
