@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 from torch import nn
 
+from tuckerscope.core.compressed_model import save_compressed
 from tuckerscope.core.counting import count_network
 from tuckerscope.core.errors import Cancelled
 from tuckerscope.core.metrics import (
@@ -95,6 +96,14 @@ class CaseResult:
     classes: list[ClassRef]
     evaluation: Evaluation
     segmenter: Segmenter
+
+    def save_models(self, folder: Path) -> list[Path]:
+        """Every compressed expert as an nnU-Net-style results folder under `folder` (see compressed_model)."""
+        return [
+            save_compressed(run.expert, run.network, folder, {"df": run.df})
+            for run in self.experts
+            if run.network is not None
+        ]
 
     def counts_rows(self) -> list[dict[str, object]]:
         rows = [

@@ -10,11 +10,13 @@ their segmentation time was not measured, so the sweep's time axis has no origin
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from tuckerscope.core.case_run import ModelSweepBackend
+from tuckerscope.core.compressed_model import save_compressed
 from tuckerscope.core.counting import count_network
 from tuckerscope.core.deliverables import ExportBundle
 from tuckerscope.core.explained_variance import all_heatmaps
@@ -97,8 +99,23 @@ def session_bundle(
         timings=list(timings),
         heatmaps=heatmaps,
         sweep=sweep,
-        save_models=None,
+        save_models=models_saver(session),
     )
+
+
+def models_saver(session: Session) -> Callable[[Path], list[Path]] | None:
+    """Saves each compressed expert at the ranks chosen now (captured now, built when the export runs)."""
+    chosen = [(e.loaded, e.engine, e.ranks(), e.df) for e in session.experts.values() if not e.is_full_rank()]
+    if not chosen:
+        return None
+
+    def save(folder: Path) -> list[Path]:
+        return [
+            save_compressed(loaded, engine.compress(ranks).eval(), folder, {"df": df})
+            for loaded, engine, ranks, df in chosen
+        ]
+
+    return save
 
 
 def complete_originals(session: Session) -> dict[str, np.ndarray]:

@@ -65,6 +65,9 @@ def test_eval_json_with_ground_truth(case, capsys, tmp_path):
     assert "ct_compressed.nii.gz" in written and "ct_metrics.csv" in written and "ct_original.ctbl" in written
     exported = nib.load(tmp_path / "ct_compressed.nii.gz")
     np.testing.assert_allclose(exported.affine, nib.load(case / "ct.nii.gz").affine)
+    model = tmp_path / "ct_compressed_models" / "Dataset999_Tiny" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    assert json.loads((model / "tucker_compression.json").read_text())["layers"]
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file() and (model / "plans.json").is_file()
 
 
 def test_eval_text_summary(case, capsys):

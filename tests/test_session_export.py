@@ -43,9 +43,11 @@ def test_bundle_of_a_session(session, tmp_path):
     comparison = bundle.evaluation.compressed_vs_original
     assert len(comparison.scores) + len(comparison.excluded) == 2
     assert set(bundle.heatmaps) == {"tiny"} and bundle.heatmaps["tiny"]
-    written = write_bundle(bundle, tmp_path, ("segmentation", "tables", "report"))
+    written = write_bundle(bundle, tmp_path, ("segmentation", "tables", "report", "models"))
     names = {p.name for p in written}
     assert {"tiny_ct_original.nii.gz", "tiny_ct_compressed.nii.gz", "tiny_ct_report.html"} <= names
+    checkpoints = list((tmp_path / "tiny_ct_compressed_models").rglob("checkpoint_final.pth"))
+    assert len(checkpoints) == 1
     saved = np.asanyarray(nib.load(tmp_path / "tiny_ct_compressed.nii.gz").dataobj)
     np.testing.assert_array_equal(saved, bundle.compressed)
 

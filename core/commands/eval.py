@@ -3,7 +3,7 @@
 Segments the CT with the original and the Tucker-compressed experts (TS pipeline for both), then prints
 per-class Dice and NSD of compressed vs original, and of both vs a ground truth with --gt, grouped per
 expert with mean and worst. --json prints one JSON object instead; --export DIR also writes the
-segmentations (NIfTI + ITK-SNAP + Slicer tables) and the CSV tables.
+segmentations (NIfTI + ITK-SNAP + Slicer tables), the CSV tables and the compressed models.
 """
 
 from __future__ import annotations
@@ -72,7 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_case_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument(
-        "--export", type=Path, metavar="DIR", help="also write segmentations, label tables and CSVs into DIR"
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="also write segmentations, label tables, CSVs and the compressed model folders into DIR",
     )
     parser.set_defaults(func=run)
 
@@ -152,9 +155,8 @@ def run(args: argparse.Namespace) -> int:
     case = run_case_from_args(args, progress)
     progress.finish("evaluation done")
     if args.export is not None:
-        written = write_bundle(
-            case_bundle(case, case_settings(case, args)), args.export, ("segmentation", "tables")
-        )
+        bundle = case_bundle(case, case_settings(case, args), save_models=case.save_models)
+        written = write_bundle(bundle, args.export, ("segmentation", "tables", "models"))
         progress.note(f"wrote {len(written)} files to {args.export}")
     if args.json:
         print(json.dumps(case.to_dict(), indent=2, allow_nan=False, default=json_default))
