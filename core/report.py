@@ -212,6 +212,8 @@ def table_html(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | No
 
 
 def cell_text(value: object) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
