@@ -17,6 +17,11 @@ The pipeline replicates TS's ``nnUNet_predict_image`` for one expert, calling TS
    was given, then transpose back, TS's ``change_spacing`` (order 0) to the canonical input grid and TS's
    ``undo_canonical``.
 
+TS's default postprocessing for 'total'/'total_fast' is none (its remove_auxiliary_labels only touches task 304;
+small-blob removal is opt-in). One TS behaviour is not replicated: for the five-expert 'total' on images above
+512x512x900 voxels at 1.5 mm (and more than 200 slices) TS predicts three overlapping z-thirds separately; here the
+whole volume goes through each expert in one piece, so such whole-body scans may differ near the two seams.
+
 The sliding window is run here rather than by ``predict_sliding_window_return_logits`` so it can report progress,
 be cancelled between tiles, and compute a region of interest first (every tile that touches the ROI, in nnU-Net's
 order; those tile outputs are kept within a memory budget and reused when the rest of the volume follows).

@@ -6,7 +6,8 @@ CPU. This runs, per task, one after the other from a cold process each time:
     tuckerscope segment -i CT -o app.nii.gz --task T                   (uncompressed, fp32)
     tuckerscope segment -i CT -o app_df.nii.gz --task T --df 0.3       (Tucker-compressed, fp32)
     [--extra-precision] the two app runs again with --precision bf16 --channels-last
-and prints the wall times, the ratios TS / app, and whether the uncompressed output equals TS's voxel for
+and prints the wall and CPU times (CPU: user + system of the process and its children, less sensitive to other
+jobs on a shared machine), the ratios TS / app, and whether the uncompressed output equals TS's voxel for
 voxel. Every figure comes from one run; the machine is shared, so rerun before trusting a small difference.
 
 Without --ts-home it builds a TS home with seeded random weights from /work/shared/ts_plans (tests/ts_home.py):
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -62,8 +64,10 @@ def main() -> int:
     for task in args.tasks:
         fast = ["--fast"] if task == "total_fast" else []
         ts_out = work / f"ts_{task}.nii.gz"
-        ts_seconds = timed([ts_cli(), "-i", str(args.ct), "-o", str(ts_out), "--ml", "-d", "cpu", *fast], env)
-        rows.append((task, "TotalSegmentator CLI", ts_seconds, ts_seconds, ""))
+        ts_seconds, ts_cpu = timed(
+            [ts_cli(), "-i", str(args.ct), "-o", str(ts_out), "--ml", "-d", "cpu", *fast], env
+        )
+        rows.append((task, "TotalSegmentator CLI", ts_seconds, ts_cpu, ts_seconds, ts_cpu, ""))
         variants = [("fp32", [], [])]
         if args.extra_precision:
             variants.append(("bf16+cl", [], ["--precision", "bf16", "--channels-last"]))
@@ -83,15 +87,17 @@ def main() -> int:
                     "--quiet",
                 ]
                 command += precision_args + (["--df", str(df)] if df is not None else [])
-                seconds = timed(command, env)
+                seconds, cpu = timed(command, env)
                 note = ""
                 if df is None and precision == "fp32":
                     note = agreement(out, ts_out)
-                rows.append((task, name, seconds, ts_seconds, note))
+                rows.append((task, name, seconds, cpu, ts_seconds, ts_cpu, note))
     print()
-    print(f"{'task':<11} {'run':<28} {'wall s':>8} {'TS / run':>9}  note")
-    for task, name, seconds, ts_seconds, note in rows:
-        print(f"{task:<11} {name:<28} {seconds:8.1f} {ts_seconds / seconds:8.2f}x  {note}")
+    print(f"{'task':<11} {'run':<28} {'wall s':>8} {'TS/run':>7} {'CPU s':>8} {'TS/run':>7}  note")
+    for task, name, seconds, cpu, ts_seconds, ts_cpu, note in rows:
+        print(
+            f"{task:<11} {name:<28} {seconds:8.1f} {ts_seconds / seconds:6.2f}x {cpu:8.1f} {ts_cpu / cpu:6.2f}x  {note}"
+        )
     return 0
 
 
@@ -121,15 +127,19 @@ def app_cli() -> list[str]:
     return [found] if Path(found).exists() else [sys.executable, "-m", "tuckerscope.app.launcher"]
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the process and all its children) of one run."""
     print("$ " + " ".join(command), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         sys.exit(f"failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    print(f"  {seconds:.1f} s", flush=True)
-    return seconds
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"  {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    return seconds, cpu
 
 
 def agreement(ours: Path, theirs: Path) -> str:

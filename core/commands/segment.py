@@ -81,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--split", action="store_true", help="write one mask per class into the output folder"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--timings", action="store_true", help="print the wall time of each stage")
     parser.set_defaults(func=run)
 
 
@@ -97,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     options.torch_device()
     _check_output(args.output, args.split)
+    clock = StageClock()
     volume = load_volume(args.input)
     progress = TerminalProgress(enabled=not args.quiet)
     for warning in volume.warnings:
@@ -106,14 +108,39 @@ def _run(args: argparse.Namespace) -> int:
         source = resolve_source(model=args.model)
     else:
         source = resolve_source(task=args.task or "total", ts_home=args.ts_home)
+    clock.lap("read volume")
     experts = source.load()
     dfs = parse_dfs(args.df, [e.name for e in experts])
-    started = time.perf_counter()
+    clock.lap("load experts")
     networks = compress_experts(experts, dfs, progress)
+    clock.lap("factorise and compress")
     labels = segment_source(volume, source, experts, networks, options, roi, progress)
-    progress.finish(f"segmented in {time.perf_counter() - started:.1f} s")
+    clock.lap("segment")
+    progress.finish(f"segmented in {clock.total():.1f} s")
     write_output(args.output, labels, volume, source, split=args.split)
+    clock.lap("write output")
+    if args.timings:
+        print(clock.report(), file=sys.stderr)
     return 0
+
+
+class StageClock:
+    """Wall time per stage of one run, for --timings."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((stage, now - self.last))
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.start
+
+    def report(self) -> str:
+        return "timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.laps)
 
 
 def parse_roi(text: str) -> Roi:
