@@ -246,6 +246,9 @@ def score_masks(
 ) -> ClassScore:
     """Dice and NSD of two non-empty boolean masks already cropped to their joint bounding box."""
     surface_distance = surface_distance_package()
+    # surface-distance 0.1 calls scipy's deprecated ndimage.filters/morphology namespaces; silence that
+    # module only, with a filter rather than catch_warnings (which is not thread-safe).
+    silence_surface_distance_deprecations()
     ref_voxels = int(np.count_nonzero(reference))
     pred_voxels = int(np.count_nonzero(prediction))
     dice = 2.0 * np.count_nonzero(reference & prediction) / (ref_voxels + pred_voxels)
@@ -256,25 +259,27 @@ def score_masks(
 
 @functools.cache
 def surface_distance_package() -> ModuleType:
-    """DeepMind's surface-distance, imported once and made fit for scoring 100+ classes in a row.
+    """DeepMind's surface-distance, imported once, with its surfel-area table memoised per spacing.
 
-    - Its surfel-area table depends only on the spacing but is rebuilt for every call (a third of the time
-      for a 3 mm 'total' map): the table builder is memoised per spacing. Same function, same values.
-    - Version 0.1 calls scipy's deprecated ndimage.filters/morphology namespaces: those warnings are
-      silenced for that module only (a filter, not catch_warnings, which is not thread-safe).
+    The table depends only on the spacing but the package rebuilds it on every call, a third of the time
+    of scoring a 3 mm 'total' map class by class. The memoised builder is the package's own function.
     """
     import surface_distance
     from surface_distance import lookup_tables
 
-    build = lookup_tables.create_table_neighbour_code_to_surface_area
-    if not hasattr(build, "cache_info"):
-        cached = functools.lru_cache(maxsize=16)(lambda spacing: build(spacing))
-        lookup_tables.create_table_neighbour_code_to_surface_area = lambda spacing: cached(
-            tuple(float(s) for s in spacing)
-        )
-        lookup_tables.create_table_neighbour_code_to_surface_area.cache_info = cached.cache_info
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"surface_distance(\..*)?")
+    build = functools.lru_cache(maxsize=16)(lookup_tables.create_table_neighbour_code_to_surface_area)
+
+    def table_for(spacing_mm: Sequence[float]) -> np.ndarray:
+        return build(tuple(float(s) for s in spacing_mm))
+
+    lookup_tables.create_table_neighbour_code_to_surface_area = table_for
     return surface_distance
+
+
+def silence_surface_distance_deprecations() -> None:
+    """Idempotent (an identical filter is replaced, not stacked); re-applied per call because test runners
+    and applications may reset the filter list."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"surface_distance(\..*)?")
 
 
 def evaluate(
