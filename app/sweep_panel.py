@@ -83,7 +83,7 @@ class SweepPanel(QtWidgets.QWidget):
         self.plots = pg.GraphicsLayoutWidget()
         self.params_plot = self.plots.addPlot(row=0, col=0, title="vs parameters")
         self.time_plot = self.plots.addPlot(row=0, col=1, title="vs measured time")
-        self.params_plot.setLabel("bottom", "parameters", units="")
+        self.params_plot.setLabel("bottom", "parameters (millions)")
         self.time_plot.setLabel("bottom", "segmentation time", units="s")
         for plot in (self.params_plot, self.time_plot):
             plot.showGrid(x=True, y=True, alpha=0.3)
@@ -226,7 +226,10 @@ class SweepPanel(QtWidgets.QWidget):
         self, expert: str, curve: list[SweepPoint], attribute: str, colour: tuple[int, int, int]
     ) -> None:
         original = self._result.originals.get(expert) if self._result else None
-        for plot, x_of in ((self.params_plot, lambda c: c.params), (self.time_plot, lambda c: c.seconds)):
+        for plot, x_of in (
+            (self.params_plot, lambda c: c.params / 1e6),
+            (self.time_plot, lambda c: c.seconds),
+        ):
             xs = [float(x_of(p.cost)) for p in curve]
             ys = [getattr(p, attribute) for p in curve]
             keep = [i for i, y in enumerate(ys) if not math.isnan(y)]
