@@ -110,6 +110,7 @@ GAS_HU = -950.0
 
 # RAS+: world x grows towards the patient's right, so the patient's left lies at negative x.
 LEFT, RIGHT = -1.0, 1.0
+SPINE_HALF_DEPTH = 16.0  # mm, front-to-back half-depth of a lumbar vertebral body: places canal and vessels
 
 _TISSUE_OF_CLASS: dict[str, str] = {
     "kidney_right": "kidney",
@@ -417,7 +418,7 @@ def _paint_anatomy(painter: _Painter) -> None:
     xs = cx + u(-3, 3)
     yb = cy - b_back + u(76, 86)
     canal_r = u(7.0, 8.5)
-    y_canal = yb - 16.0 - canal_r
+    y_canal = yb - SPINE_HALF_DEPTH - canal_r
     cavity_back = cy - y_canal + u(4, 10)
     back_wall = b_back - cavity_back
     cavity = section(fat_side + wall, fat_front + wall, back_wall) <= 1
@@ -458,12 +459,15 @@ def _paint_anatomy(painter: _Painter) -> None:
 
     # Liver: a large right lobe under the right dome plus a left lobe reaching across the midline; it stays
     # out of the retroperitoneum in front of the spine, where the aorta runs.
-    liver_space = below_dome & ~((LEFT * (x - xs) > -12) & (y < yb + u(40, 50)))
-    liver_z = dome_r_apex - u(55, 70)
+    retroperitoneum = ((x - (xs + LEFT * 8)) / u(38, 46)) ** 2 + ((y - (yb + 5)) / u(38, 46)) ** 2 <= 1
+    liver_space = below_dome & ~retroperitoneum
+    # the right lobe reaches above the dome's apex so that the diaphragm, not the ellipsoid, shapes its top
+    liver_height = dome_r_apex - liver_floor
+    liver_z = liver_floor + u(0.55, 0.65) * liver_height
     painter.ellipsoid(
         "liver",
         (cx + RIGHT * u(45, 65), cy + u(0, 15), liver_z),
-        (u(85, 105), u(80, 95), (liver_z - liver_floor) * u(1.0, 1.15)),
+        (u(85, 105), u(80, 95), u(0.7, 0.8) * liver_height),
         where=liver_space,
     )
     painter.ellipsoid(
@@ -520,10 +524,12 @@ def _paint_anatomy(painter: _Painter) -> None:
     t = np.clip((z - (dome_l_apex - 20)) / 50, 0, 1)
     ra = u(10, 13)
     ax = xs + LEFT * (u(10, 16) + t * u(8, 14))
-    ay = yb + 16 + ra + 3 - t * u(14, 22)
+    ay = yb + SPINE_HALF_DEPTH + ra + 3 - t * u(14, 22)
     painter.paint(np.s_[:, :, :], (x - ax) ** 2 + (y - ay) ** 2 <= ra**2, "aorta")
     ivc = (
-        ((x - (xs + RIGHT * u(22, 28))) / u(11, 14)) ** 2 + ((y - (yb + 16 + u(12, 18))) / u(8, 10)) ** 2 <= 1
+        ((x - (xs + RIGHT * u(22, 28))) / u(11, 14)) ** 2
+        + ((y - (yb + SPINE_HALF_DEPTH + u(12, 18))) / u(8, 10)) ** 2
+        <= 1
     ) & (z < dome_r_apex - 10)
     painter.paint(np.s_[:, :, :], ivc & cavity, "inferior_vena_cava")
 
@@ -684,8 +690,9 @@ def _render_ct(painter: _Painter, hu: dict[str, float], rng: np.random.Generator
     cortex = bone & ~ndimage.binary_erosion(bone)
     ct[cortex] += rng.normal(*CORTEX_BOOST_HU)
 
-    # Partial volume: the scanner's point-spread function, about 1 mm FWHM beyond the voxel size.
-    psf_sigma = [rng.uniform(0.9, 1.3) / s for s in grid.spacing]
+    # Partial volume: the scanner's point-spread function together with the voxel footprint (sigma 1.2-1.8 mm),
+    # so boundary voxels mix their neighbours' HU.
+    psf_sigma = [rng.uniform(1.2, 1.8) / s for s in grid.spacing]
     ct = ndimage.gaussian_filter(ct, psf_sigma, truncate=3.0)
 
     # Smooth inhomogeneity: cupping towards the body centre plus a random low-frequency drift.
