@@ -5,7 +5,7 @@ side must go through the very same pipeline with only the network swapped.
 
 The pipeline replicates TS's ``nnUNet_predict_image`` for one expert, calling TS's and nnU-Net's own functions:
 
-1. ``totalsegmentator.alignment.as_closest_canonical`` (RAS-like axis order) on a float64 copy of the volume,
+1. ``totalsegmentator.alignment.as_closest_canonical`` (RAS-like axis order) on the volume (float32 or float64),
 2. for TS recipes, ``totalsegmentator.resampling.change_spacing`` to 1.5 mm ('total') or 3 mm ('total_fast'),
    order 1, cast to int32 -- TS writes that to a NIfTI and nnU-Net reads it back with SimpleITK, so here the array
    nnU-Net gets is ``array.transpose(2, 1, 0)`` (x,y,z -> z,y,x) as float32 with the spacing reversed,
@@ -48,7 +48,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nibabel as nib
@@ -197,8 +197,12 @@ class Segmenter:
             raise SegmentationError(f"expected a 3D volume, got {data.ndim} dimensions {data.shape}")
         self.shape: tuple[int, int, int] = (int(data.shape[0]), int(data.shape[1]), int(data.shape[2]))
         self.affine = np.asarray(affine, dtype=np.float64)
-        # TS copies the input as float64 (get_fdata) before reorienting and resampling; so do we.
-        self._image = nib.Nifti1Image(data.astype(np.float64, copy=False), self.affine)
+        # TS copies the input as float64 (get_fdata) before reorienting and resampling. Holding a float32 CT instead
+        # gives the same values (float32 -> float64 is exact; change_spacing calls get_fdata itself) and spares a
+        # permanent float64 copy: 1.2 GB for a 512x512x600 CT, the difference between fitting in 8 GB or not.
+        self._image = nib.Nifti1Image(
+            data if data.dtype in (np.float32, np.float64) else data.astype(np.float32), self.affine
+        )
         self._grids: dict[float | None, _ModelGrid] = {}
         self._prepared: dict[tuple[Any, ...], _Prepared] = {}
         self._originals: dict[tuple[Any, ...], np.ndarray] = {}
@@ -254,7 +258,9 @@ class Segmenter:
         report(0.0, f"{expert.name}: preparing input")
         prepared = self._prepare(expert, recipe)
         _stop_if(should_cancel)
-        run = _TileRun(prepared, network or expert.network, options, should_cancel, is_original)
+        # With roi_only no full pass follows to reuse tile outputs: caching them would only hold memory.
+        run_options = replace(options, tile_cache_bytes=0) if roi_only else options
+        run = _TileRun(prepared, network or expert.network, run_options, should_cancel, is_original)
         if roi is not None:
             roi = check_roi(roi, self.shape)
             selected = run.tiles_touching(self._roi_box_in_model(roi, prepared))
@@ -294,6 +300,7 @@ class Segmenter:
             image = canonical
             if resample_mm is not None:
                 image = change_spacing(canonical, [resample_mm] * 3, order=1, dtype=np.int32, nr_cpus=1)
+                canonical.uncache()  # change_spacing's get_fdata cached a float64 copy (the input itself if RAS)
             self._grids[resample_mm] = _ModelGrid(
                 image=image,
                 canonical_shape=tuple(int(s) for s in canonical.shape),
