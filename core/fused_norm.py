@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tuckerscope.core.tucker_conv import TuckerConv
+from tuckerscope.core.tucker_conv import TuckerConv, conv_1x1
 
 
 def can_fuse(block: nn.Module) -> bool:
@@ -38,24 +38,27 @@ class TuckerConvNormAct(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, act = self
         z = conv.core_output(x)
-        n, r_out = z.shape[:2]
-        spatial = z.shape[2:]
-        centred = z.reshape(n, r_out, -1).float()
-        centred = centred - centred.mean(dim=2, keepdim=True)
-        covariance = torch.bmm(centred, centred.transpose(1, 2)) / centred.shape[2]
+        outputs = [self._normalised_projection(z[i : i + 1], conv, norm) for i in range(z.shape[0])]
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        if isinstance(act, nn.LeakyReLU):
+            return F.leaky_relu_(out, act.negative_slope)
+        return F.relu_(out)
+
+    @staticmethod
+    def _normalised_projection(z: torch.Tensor, conv: TuckerConv, norm: nn.InstanceNorm3d) -> torch.Tensor:
+        """gamma * (U_out z - mean) / sigma + beta for one sample, statistics taken on the small z (float32)."""
+        r_out, spatial = z.shape[1], z.shape[2:]
+        rows = z.permute(0, 2, 3, 4, 1).reshape(-1, r_out).float()  # a view when z is channels-last
+        centred = rows - rows.mean(dim=0)
+        covariance = (centred.T @ centred) / centred.shape[0]
         u_out = conv.project_out.float()
-        variance = torch.einsum("cr,nrs,cs->nc", u_out, covariance, u_out).clamp_min(0.0)
+        variance = torch.einsum("cr,rs,cs->c", u_out, covariance, u_out).clamp_min(0.0)
         scale = torch.rsqrt(variance + norm.eps)
         if norm.weight is not None:
             scale = scale * norm.weight.float()
-        shift = norm.bias.float() if norm.bias is not None else torch.zeros_like(scale[0])
-        weight = scale.unsqueeze(2) * u_out
-        out = torch.baddbmm(shift.view(1, -1, 1).expand(n, -1, 1), weight, centred)
-        if isinstance(act, nn.LeakyReLU):
-            out = F.leaky_relu_(out, act.negative_slope)
-        else:
-            out = F.relu_(out)
-        return out.view(n, -1, *spatial)
+        shift = norm.bias.float() if norm.bias is not None else torch.zeros_like(scale)
+        centred_volume = centred.view(1, *spatial, r_out).permute(0, 4, 1, 2, 3)
+        return conv_1x1(centred_volume, scale.unsqueeze(1) * u_out, shift)
 
 
 def fused_blocks(network: nn.Module, tucker_layers: dict[int, TuckerConv]) -> dict[int, nn.Module]:

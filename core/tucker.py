@@ -29,8 +29,8 @@ from tuckerscope.core.conv_layers import (
     trace_layer_shapes,
 )
 from tuckerscope.core.errors import Cancelled, UserError
-from tuckerscope.core.fused_norm import fused_blocks
-from tuckerscope.core.tucker_conv import Method, TuckerConv
+from tuckerscope.core.fused_norm import TuckerConvNormAct, fused_blocks
+from tuckerscope.core.tucker_conv import Method, TuckerConv, as_plain_convs
 
 Ranks = Mapping[str, tuple[int, int]]
 ProgressCallback = Callable[[int, int, str], None]
@@ -250,3 +250,13 @@ def _leading_eigenvectors(gram: torch.Tensor) -> torch.Tensor:
     """Eigenvectors of a symmetric PSD matrix as columns, largest eigenvalue first (float64 solve)."""
     _, vectors = torch.linalg.eigh(gram.double())
     return vectors.flip(-1).to(torch.float32)
+
+
+def with_plain_convs(network: nn.Module) -> nn.Module:
+    """A copy of a compressed network whose TuckerConvs (fused or not) run as three stock torch convs."""
+    plain = {id(m): as_plain_convs(m) for m in network.modules() if isinstance(m, TuckerConv)}
+    swaps: dict[int, nn.Module] = dict(plain)
+    for module in network.modules():
+        if isinstance(module, TuckerConvNormAct):
+            swaps[id(module)] = nn.Sequential(plain[id(module[0])], module[1], module[2])
+    return copy_replacing(network, swaps)

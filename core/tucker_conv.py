@@ -3,11 +3,17 @@
 A TuckerConv holds the Tucker-2 factors of one conv: U_in^T (r_in x C_in), the core G (the original kernel
 shape with r_in -> r_out channels) and U_out (C_out x r_out) with the original bias. It is a plain module
 with four tensors rather than three nn.Conv3d because a recompression builds dozens of them and must take
-milliseconds. How it runs (each choice measured on the 2-core CPU, see scripts/bench_forward_variants.py):
-the two 1x1x1 projections are one GEMM each (PyTorch's 1x1x1 Conv3d path is several times slower on the
-same data); the core goes straight to oneDNN (see core_conv); a transposed core with kernel == stride is a
-GEMM plus a voxel shuffle. A pointwise layer whose factored form costs more multiply-adds than its rebuilt
-dense matrix runs as that matrix (the same function, rebuilt per call for a few microseconds).
+milliseconds.
+
+How it runs on a CPU (each choice measured on the 2-core VM; scripts/bench_forward_variants.py): all three
+convs go straight to oneDNN in channels-last (NDHWC) layout. PyTorch's own dispatch sends float32 3D convs
+with N*C*D*H <= 20480 (few channels at low resolution: exactly the cores of compressed deep layers) to an
+im2col fallback 3-8x slower, and its 1x1x1 path in NCDHW ran several times slower than oneDNN's NDHWC 1x1 on
+these shapes; NDHWC also suits the small channel counts of the cores. So a TuckerConv returns channels-last
+tensors, and the next TuckerConv takes them without a copy. A transposed core with kernel == stride (U-Net
+upsampling) is a 1x1 conv to r_out x k^3 channels plus a voxel shuffle. A pointwise layer whose factored form
+costs more multiply-adds than its rebuilt dense matrix runs as that matrix (the same function, rebuilt per
+call for a few microseconds). On other devices (CUDA, meta) it runs as three plain torch convs.
 """
 
 from __future__ import annotations
@@ -21,26 +27,7 @@ from torch.nn import functional as F
 from tuckerscope.core.conv_layers import ConvLayer
 
 Method = Literal["hosvd-slice", "hooi"]
-
-
-def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """A 1x1x1 conv with a (C_out x C_in) ``weight`` as one GEMM, in whichever memory format ``x`` has."""
-    n, channels = x.shape[:2]
-    spatial = x.shape[2:]
-    if x.is_contiguous():
-        flat = x.reshape(n, channels, -1)
-        if n == 1 and bias is not None:
-            out = torch.addmm(bias.unsqueeze(1), weight, flat[0]).unsqueeze(0)
-        else:
-            out = torch.matmul(weight, flat)
-            if bias is not None:
-                out = out + bias.unsqueeze(1)
-        return out.view(n, -1, *spatial)
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        flat = x.permute(0, 2, 3, 4, 1).reshape(-1, channels)
-        out = torch.addmm(bias, flat, weight.T) if bias is not None else flat @ weight.T
-        return out.view(n, *spatial, -1).permute(0, 4, 1, 2, 3)
-    return F.conv3d(x, weight.reshape(*weight.shape, *(1,) * len(spatial)), bias)
+CHANNELS_LAST = torch.channels_last_3d
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -52,30 +39,41 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def core_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    stride: tuple[int, ...],
-    padding: tuple[int, ...] | str,
-    dilation: tuple[int, ...],
-) -> torch.Tensor:
-    """The core conv, straight through oneDNN on a CPU.
-
-    PyTorch sends float32 3D convs with N*C*D*H <= 20480 (few channels at low resolution: exactly the
-    compressed cores of deep layers) to its im2col fallback, which ran 3-8x slower than oneDNN here.
-    """
-    dtype = compute_dtype(x)
-    if (
+def uses_onednn(x: torch.Tensor) -> bool:
+    """True where the channels-last oneDNN path applies: 5D float32/bfloat16 work on a CPU."""
+    return (
         x.device.type == "cpu"
-        and not isinstance(padding, str)
-        and dtype in (torch.float32, torch.bfloat16)
+        and x.dim() == 5
+        and compute_dtype(x) in (torch.float32, torch.bfloat16)
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-    ):
-        return torch.ops.aten.mkldnn_convolution(
-            x.to(dtype), weight.to(dtype), None, list(padding), list(stride), list(dilation), 1
-        )
-    return F.conv3d(x, weight, None, stride, padding, dilation)
+    )
+
+
+def onednn_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: tuple[int, ...] = (1, 1, 1),
+    padding: tuple[int, ...] = (0, 0, 0),
+    dilation: tuple[int, ...] = (1, 1, 1),
+) -> torch.Tensor:
+    """A 3D conv through oneDNN in NDHWC, in the autocast dtype when autocast is on; returns NDHWC."""
+    dtype = compute_dtype(x)
+    x = x.to(dtype).contiguous(memory_format=CHANNELS_LAST)
+    weight = weight.to(dtype)
+    if weight.dim() == 2:
+        weight = weight.reshape(*weight.shape, 1, 1, 1)
+    weight = weight.contiguous(memory_format=CHANNELS_LAST)
+    bias = bias.to(dtype) if bias is not None else None
+    return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(padding), list(stride), list(dilation), 1)
+
+
+def conv_1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1x1 conv with a (C_out x C_in) matrix: oneDNN on a CPU, a plain conv elsewhere."""
+    if uses_onednn(x):
+        return onednn_conv(x, weight, bias)
+    return F.conv3d(x, weight.reshape(*weight.shape, *(1,) * (x.dim() - 2)), bias)
 
 
 def transposed_core(
@@ -86,11 +84,11 @@ def transposed_core(
     output_padding: tuple[int, ...],
     dilation: tuple[int, ...],
 ) -> torch.Tensor:
-    """The transposed core; when kernel == stride (U-Net upsampling) as one GEMM and a voxel shuffle.
+    """The transposed core; when kernel == stride (U-Net upsampling) as a 1x1 conv and a voxel shuffle.
 
     Such a transposed conv writes each input voxel's kernel-sized output block without overlap, so it is a
-    pointwise map to r_out x k^3 channels followed by a rearrangement; PyTorch's transposed conv path for
-    few channels is several times slower.
+    pointwise map to r_out x k^3 channels followed by a rearrangement; PyTorch's transposed conv for few
+    channels was several times slower here.
     """
     kernel = tuple(weight.shape[2:])
     non_overlapping = (
@@ -100,14 +98,15 @@ def transposed_core(
         and not any(output_padding)
         and all(d == 1 for d in dilation)
     )
-    if not non_overlapping or x.dim() != 5:
+    if not (non_overlapping and uses_onednn(x)):
         return F.conv_transpose3d(x, weight, None, stride, padding, output_padding, 1, dilation)
     n, r_in, depth, height, width = x.shape
     r_out = weight.shape[1]
-    matrix = weight.permute(1, 2, 3, 4, 0).reshape(-1, r_in)  # rows: (r_out, a, b, c)
-    blocks = torch.matmul(matrix, x.reshape(n, r_in, -1)).view(n, r_out, *kernel, depth, height, width)
-    shuffled = blocks.permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return shuffled.reshape(n, r_out, depth * kernel[0], height * kernel[1], width * kernel[2])
+    matrix = weight.permute(2, 3, 4, 1, 0).reshape(-1, r_in)  # output channels ordered (a, b, c, r_out)
+    blocks = onednn_conv(x, matrix).permute(0, 2, 3, 4, 1)  # NDHWC rows: (n, D, H, W, a, b, c, r_out)
+    blocks = blocks.reshape(n, depth, height, width, *kernel, r_out).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    shuffled = blocks.reshape(n, depth * kernel[0], height * kernel[1], width * kernel[2], r_out)
+    return shuffled.permute(0, 4, 1, 2, 3)
 
 
 def runs_dense(layer: ConvLayer, r_out: int, r_in: int) -> bool:
@@ -180,23 +179,56 @@ class TuckerConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.runs_dense:
-            dense = self.project_out @ self.core.reshape(self.core.shape[:2]) @ self.project_in
-            return pointwise(x, dense, self.bias)
-        return pointwise(self.core_output(x), self.project_out, self.bias)
+            return conv_1x1(x, self.dense_matrix(), self.bias)
+        return conv_1x1(self.core_output(x), self.project_out, self.bias)
+
+    def dense_matrix(self) -> torch.Tensor:
+        """U_out G U_in^T of a pointwise layer: its rebuilt C_out x C_in matrix."""
+        return self.project_out @ self.core.reshape(self.core.shape[:2]) @ self.project_in
 
     def core_output(self, x: torch.Tensor) -> torch.Tensor:
         """The r_out-channel tensor before the last projection (U_out and bias)."""
-        x = pointwise(x, self.project_in)
+        x = conv_1x1(x, self.project_in)
         if self.transposed:
             return transposed_core(
                 x, self.core, self.stride, self.padding, self.output_padding, self.dilation
             )
-        if self.is_pointwise:
-            return pointwise(x, self.core.reshape(self.core.shape[:2]))
-        return core_conv(x, self.core, self.stride, self.padding, self.dilation)
+        if uses_onednn(x) and not isinstance(self.padding, str):
+            return onednn_conv(x, self.core, None, self.stride, self.padding, self.dilation)
+        return F.conv3d(x, self.core, None, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
         r_out, r_in = self.ranks
         kind = "transposed, " if self.transposed else ""
         runs_as = ", runs as its dense matrix" if self.runs_dense else ""
         return f"{kind}r_out={r_out}, r_in={r_in}, method={self.method}{runs_as}"
+
+
+def as_plain_convs(module: TuckerConv) -> nn.Sequential:
+    """The paper's form of a TuckerConv: Sequential(Conv3d 1x1x1, core Conv3d/ConvTranspose3d, Conv3d 1x1x1).
+
+    The same function with stock torch modules (the reference implementation's structure), for comparing
+    execution strategies and for tools that only understand standard convs.
+    """
+    r_out, r_in = module.ranks
+    c_out, c_in = module.project_out.shape[0], module.project_in.shape[1]
+    core_type = nn.ConvTranspose3d if module.transposed else nn.Conv3d
+    options = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, bias=False)
+    if module.transposed:
+        options["output_padding"] = module.output_padding
+    kernel = tuple(module.core.shape[2:])
+    layers = nn.Sequential(
+        nn.Conv3d(c_in, r_in, 1, bias=False, device="meta"),
+        core_type(r_in, r_out, kernel, device="meta", **options),
+        nn.Conv3d(r_out, c_out, 1, bias=module.bias is not None, device="meta"),
+    )
+    layers[0].weight = nn.Parameter(
+        module.project_in.detach().reshape(r_in, c_in, 1, 1, 1), requires_grad=False
+    )
+    layers[1].weight = nn.Parameter(module.core.detach(), requires_grad=False)
+    layers[2].weight = nn.Parameter(
+        module.project_out.detach().reshape(c_out, r_out, 1, 1, 1), requires_grad=False
+    )
+    if module.bias is not None:
+        layers[2].bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+    return layers

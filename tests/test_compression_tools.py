@@ -31,7 +31,7 @@ from tuckerscope.core.ranks import (
     with_overrides,
 )
 from tuckerscope.core.timing import ForwardSetup, TimingSetupError, compare_forward
-from tuckerscope.core.tucker import RankError, TuckerEngine
+from tuckerscope.core.tucker import RankError, TuckerEngine, with_plain_convs
 from tuckerscope.core.tucker_conv import TuckerConv
 
 FEATURES = (16, 32, 48)
@@ -268,6 +268,16 @@ def test_cli_compress_and_bench(
     assert "no such compressible conv layer" in capsys.readouterr().err
     assert main(["bench", "forward", "--model", str(model_folder), "--df", "0.3", "--patch", "32,x"]) == 2
     assert "--patch" in capsys.readouterr().err
+
+
+def test_plain_convs_compute_the_same_function(engine: TuckerEngine) -> None:
+    compressed = engine.compress(ranks_of(df_ranks(engine.layers, 0.3)))
+    plain = with_plain_convs(compressed)
+    assert not any(isinstance(m, TuckerConv) for m in plain.modules())
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        expected, got = compressed(x), plain(x)
+    assert float((got - expected).abs().max()) <= 1e-4 * float(expected.max() - expected.min())
 
 
 def test_heatmap_grid_is_monotone_on_tiny(engine: TuckerEngine) -> None:
