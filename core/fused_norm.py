@@ -58,7 +58,7 @@ class TuckerConvNormAct(nn.Sequential):
             scale = scale * norm.weight.float()
         shift = norm.bias.float() if norm.bias is not None else torch.zeros_like(scale)
         centred_volume = centred.view(1, *spatial, r_out).permute(0, 4, 1, 2, 3)
-        return conv_1x1(centred_volume, scale.unsqueeze(1) * u_out, shift)
+        return conv_1x1(centred_volume.to(z.dtype), scale.unsqueeze(1) * u_out, shift)
 
 
 def fused_blocks(network: nn.Module, tucker_layers: dict[int, TuckerConv]) -> dict[int, nn.Module]:

@@ -204,3 +204,29 @@ def test_counts_match_torch_flop_counter_on_the_plans_patch(
     assert cost.params == sum(p.numel() for p in compressed.parameters()) - unused_heads
     if df:
         assert cost.flops < count_network(ts_engine, None, shapes).flops
+
+
+def demo_model_folders() -> list:
+    from tuckerscope.core.model_folder import find_result_folders
+    from tuckerscope.resources import DEMO_MODELS_DIR
+
+    return find_result_folders(DEMO_MODELS_DIR) if DEMO_MODELS_DIR.is_dir() else []
+
+
+@pytest.mark.parametrize(
+    "folder", demo_model_folders() or [None], ids=lambda f: f.parent.name if f else "none"
+)
+def test_full_rank_reproduces_demo_model_logits(folder) -> None:
+    if folder is None:
+        pytest.skip("no demo models in resources/demo_models yet")
+    from tuckerscope.core.model_folder import load_expert, spec_from_folder
+
+    expert = load_expert(spec_from_folder(folder))
+    engine = TuckerEngine(expert.network, (1, 1, *expert.patch_size))
+    compressed = engine.compress(full_ranks(engine), keep_full_rank=False)
+    torch.manual_seed(2)
+    x = torch.randn(engine.input_shape)
+    with torch.inference_mode():
+        reference = expert.network(x)
+        output = compressed(x)
+    assert float((output - reference).abs().max()) <= 1e-4 * float(reference.max() - reference.min())

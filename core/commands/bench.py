@@ -58,8 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     forward.add_argument("--warmup", type=int, default=1, help="untimed passes per network first")
     forward.add_argument(
         "--retain-memory",
-        action="store_true",
-        help="keep freed tensor memory in the process (avoids page-faulting every activation anew)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed tensor memory in the process instead of page-faulting every activation anew "
+        "(default; applies to original and compressed alike)",
     )
     forward.add_argument("--profile", action="store_true", help="also time each conv layer (forward hooks)")
     forward.add_argument("--json", action="store_true", help="print one JSON object")
