@@ -226,7 +226,10 @@ def load_expert(spec: ExpertSpec) -> LoadedExpert:
     if not isinstance(labels, dict) or not labels:
         raise ModelFolderError(f"dataset.json in {spec.folder} has no 'labels'")
     try:
-        network = build_network(plans, dataset_json, spec.configuration)
+        # On the meta device: no memory and no random initialisation for weights the checkpoint replaces anyway
+        # (seconds per TS expert); load_state_dict(assign=True) below gives every tensor its real value.
+        with torch.device("meta"):
+            network = build_network(plans, dataset_json, spec.configuration)
     except ModelFolderError:
         raise
     except Exception as exc:  # nnunetv2 raises many types on malformed plans
@@ -239,12 +242,15 @@ def load_expert(spec: ExpertSpec) -> LoadedExpert:
     weights = _strip_compile_prefix(checkpoint["network_weights"])
     _check_output_channels(weights, labels, spec)
     try:
-        network.load_state_dict(weights)
+        network.load_state_dict(weights, assign=True)
     except RuntimeError as exc:
         summary = str(exc).splitlines()[0]
         raise ModelFolderError(
             f"checkpoint {spec.checkpoint} does not match plans.json in {spec.folder}: {summary}"
         ) from None
+    unset = [name for name, t in [*network.named_parameters(), *network.named_buffers()] if t.is_meta]
+    if unset:
+        raise ModelFolderError(f"checkpoint {spec.checkpoint} has no values for {', '.join(unset[:3])}")
     network.eval()
     axes = checkpoint.get("inference_allowed_mirroring_axes")
     return LoadedExpert(
