@@ -9,6 +9,7 @@ and the 3D surfaces and the agreement table follow in their own lanes. Every lan
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -35,9 +36,10 @@ from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
 from tuckerscope.core.deliverables import ExportBundle
 from tuckerscope.core.errors import UserError
+from tuckerscope.core.isolated import IsolatedRunner
 from tuckerscope.core.live_segmentation import RankKey, SegmentationUpdate, run_segmentation
 from tuckerscope.core.model_sources import TS_TASKS
-from tuckerscope.core.segmenter import Segmenter
+from tuckerscope.core.segmenter import InferenceOptions, Segmenter
 from tuckerscope.core.session import AgreementResult, CaseVolume, ExpertModel, Session, ts_tasks_in
 from tuckerscope.core.session_export import session_bundle, session_sweep_backend
 from tuckerscope.core.session_jobs import (
@@ -82,6 +84,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.recent_cts = RecentFiles(self.settings, "recent/cts")
         self.recent_models = RecentFiles(self.settings, "recent/models")
         self.session = Session()
+        # Leave one core to the UI thread (drawing, and the GIL between torch ops): a slider must stay smooth.
+        self.session.inference = InferenceOptions(threads=max(1, (os.cpu_count() or 2) - 1))
         self.lanes = {name: JobLane(name, self) for name in LANES}
         self.compress_lanes: dict[str, JobLane] = {}  # one per expert: dragging one must not drop another
         self.networks: dict[str, tuple[RankKey, Any]] = {}
@@ -90,6 +94,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self._timing_is_automatic = False
         self.colours: dict[int, tuple[int, int, int]] = {}
         self._surfaces_source: dict[str, int] = {}
+        self.isolated = IsolatedRunner()  # agreement scoring: its library holds the GIL for seconds
+        self.error_box: QtWidgets.QMessageBox | None = None  # the last error dialog (tests look at it)
+        self.warning_box: QtWidgets.QMessageBox | None = None
         self._build_views()
         self._build_menus()
         self._connect()
@@ -395,8 +402,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.slice_view.set_segmentations(session.display_original, session.display_compressed)
         self._update_compressed_titles()
         self.statusBar().showMessage(update.description, 5000)
-        self._start_surfaces("original", session.display_original)
-        self._start_surfaces("compressed", session.display_compressed)
+        if update.stage == "volume":  # 3D follows whole-volume results only: each redraw costs the UI thread
+            self._start_surfaces("original", session.display_original)
+            self._start_surfaces("compressed", session.display_compressed)
         if update.done and update.positions is not None:  # originals just became whole: sweeps may start
             self._prepare_sweep()
         if update.done and session.compressed_is_current():
@@ -514,10 +522,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self._surfaces_source[side] = id(labels)
         spacing = self.session.volume.grid.display_spacing
         view = self.surface_view
+        budget = view.triangle_budget()
 
         def job(context: JobContext) -> dict:
             context.progress(0.0, f"building {side} surfaces")
-            return extract_label_surfaces(labels, spacing)
+            return extract_label_surfaces(labels, spacing, triangle_budget=budget)
 
         apply = view.set_original if side == "original" else view.set_compressed
         self.lanes[f"surfaces_{side}"].submit(
@@ -573,7 +582,7 @@ class MainWindow(QtWidgets.QMainWindow):
         )
 
     def _start_agreement(self) -> None:
-        run = self.session.plan_agreement()
+        run = self.session.plan_agreement(self.isolated)
         if run is None:
             return
         self.agreement_panel.set_pending("Comparing compressed with original…")
@@ -686,6 +695,7 @@ class MainWindow(QtWidgets.QMainWindow):
             lane.cancel()
         for lane in self.lanes.values():
             lane.wait(10_000)
+        self.isolated.close()
         self.surface_view.close_vtk()
         super().closeEvent(event)
 

@@ -19,9 +19,8 @@ from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkQuadricClustering, 
 vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_WARNING)
 
 SMOOTHING_ITERATIONS = 16
-# Software OpenGL (Mesa under Xvfb or in a VM) renders in the UI thread: keep each side's mesh small enough
-# to draw in tens of milliseconds. Ordinary organ surfaces stay below this; noisy segmentations are simplified.
-TRIANGLE_BUDGET = 80_000
+# Meshes are drawn in the UI thread; the views pass a budget that suits their OpenGL (see volume_3d).
+TRIANGLE_BUDGET = 600_000
 
 
 def label_image(labels: np.ndarray, spacing: tuple[float, float, float]) -> vtkImageData:

@@ -27,6 +27,11 @@ from vtkmodules.vtkRenderingCore import (
 )
 
 BACKGROUND = (0.08, 0.08, 0.1)
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "SWR")
+# Each side's mesh is drawn in the UI thread: a GPU draws millions of triangles in milliseconds, software
+# OpenGL (Mesa under Xvfb, VMs, remote desktops) needs about 3 us per triangle on a busy 2-core machine.
+GPU_TRIANGLE_BUDGET = 600_000
+SOFTWARE_TRIANGLE_BUDGET = 25_000
 
 
 def load_triton_before_opengl() -> None:
@@ -113,6 +118,19 @@ class SurfaceView(QtWidgets.QWidget):
         pixels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[..., :3]
         return np.ascontiguousarray(pixels[::-1])
 
+    def is_software_rendered(self) -> bool:
+        """True when OpenGL runs on the CPU (asks the driver, so the window must have rendered once)."""
+        self.render_window.Render()
+        renderer = next(
+            (
+                line
+                for line in self.render_window.ReportCapabilities().splitlines()
+                if "renderer string" in line
+            ),
+            "",
+        )
+        return any(name in renderer for name in SOFTWARE_RENDERERS)
+
     def close_vtk(self) -> None:
         """Release the OpenGL context before Qt destroys the widget (avoids X errors at exit)."""
         self.render_window.Finalize()
@@ -130,6 +148,7 @@ class SurfacePairView(QtWidgets.QWidget):
         self._colours: dict[int, tuple[int, int, int]] = {}
         self._visible: set[int] = set()
         self._framed = False
+        self._budget: int | None = None
         # Coalesce redraws: several updates in one event-loop turn cost one render per window.
         self._render_timer = QtCore.QTimer(self, singleShot=True, interval=0)
         self._render_timer.timeout.connect(self.render_now)
@@ -150,6 +169,13 @@ class SurfacePairView(QtWidgets.QWidget):
     @property
     def views(self) -> tuple[SurfaceView, SurfaceView]:
         return self.original_view, self.compressed_view
+
+    def triangle_budget(self) -> int:
+        """How many triangles each side may show and still redraw in tens of milliseconds."""
+        if self._budget is None:
+            software = self.original_view.is_software_rendered()
+            self._budget = SOFTWARE_TRIANGLE_BUDGET if software else GPU_TRIANGLE_BUDGET
+        return self._budget
 
     def set_label_table(self, colours: dict[int, tuple[int, int, int]]) -> None:
         self._colours = dict(colours)

@@ -19,6 +19,7 @@ from torch import nn
 from tuckerscope.core.display_grid import DisplayGrid
 from tuckerscope.core.errors import Cancelled, UserError
 from tuckerscope.core.events import Event
+from tuckerscope.core.isolated import IsolatedRunner
 from tuckerscope.core.live_segmentation import (
     ExpertRun,
     RankKey,
@@ -29,7 +30,7 @@ from tuckerscope.core.metrics import ClassRef, ClassScore, compare
 from tuckerscope.core.model_folder import LoadedExpert
 from tuckerscope.core.model_sources import ModelSource
 from tuckerscope.core.ranks import check_df, df_ranks, ranks_of, with_overrides
-from tuckerscope.core.segmenter import Segmenter, slab_roi
+from tuckerscope.core.segmenter import InferenceOptions, Segmenter, slab_roi
 from tuckerscope.core.tucker import TuckerEngine
 
 ProgressCallback = Callable[[float, str], None]
@@ -147,6 +148,7 @@ class Session:
         self.positions: dict[int, tuple[int, int, int]] = {}
         self.agreement: AgreementResult | None = None
         self.status = ""
+        self.inference = InferenceOptions()  # how live segmentations run (device, precision, threads)
 
     # ----- state changes (UI thread) ------------------------------------------------------------------------
     def set_volume(self, volume: CaseVolume, segmenter: Segmenter | None = None) -> None:
@@ -251,6 +253,7 @@ class Session:
             },
             roi=roi,
             roi_description=description,
+            options=self.inference,
         )
 
     def apply_segmentation(self, update: SegmentationUpdate) -> bool:
@@ -282,27 +285,30 @@ class Session:
         ) and len(self.complete_originals) == len(self.experts)
 
     # ----- agreement ----------------------------------------------------------------------------------------
-    def plan_agreement(self) -> Callable[[threading.Event], AgreementResult] | None:
-        """A job comparing compressed with original per class, or None until both cover the volume."""
+    def plan_agreement(
+        self, runner: IsolatedRunner | None = None
+    ) -> Callable[[threading.Event], AgreementResult] | None:
+        """A job comparing compressed with original per class, or None until both cover the volume.
+
+        With a ``runner`` the scoring runs in its process (surface-distance holds the GIL for seconds).
+        """
         if self.volume is None or not self.compressed_is_current():
             return None
         token = self.volume_token
         spacing = self.volume.grid.input_spacing
+        infos = {(c.expert, c.expert_label): c for c in self.classes}
         pairs = []
         for name, expert in self.experts.items():
-            original = self.originals[name]
-            compressed = original if expert.is_full_rank() else self.compressed[name]
-            pairs.append((expert.classes, original, compressed))
+            refs = [ClassRef(c.expert_label, c.name, c.expert) for c in expert.classes]
+            compressed = None if expert.is_full_rank() else self.compressed[name]
+            pairs.append((refs, self.originals[name], compressed))
 
         def run(cancel: threading.Event) -> AgreementResult:
-            rows: list[tuple[ClassInfo, ClassScore]] = []
-            for classes, original, compressed in pairs:
-                if cancel.is_set():
-                    raise Cancelled("agreement superseded")
-                by_label = {c.expert_label: c for c in classes}
-                refs = [ClassRef(c.expert_label, c.name, c.expert) for c in classes]
-                comparison = compare(original, compressed, spacing, refs)
-                rows.extend((by_label[s.label], s) for s in comparison.scores)
+            if runner is None:
+                scores = score_pairs(pairs, spacing)
+            else:
+                scores = runner.run(score_pairs, pairs, spacing, cancel=cancel)
+            rows = [(infos[(s.expert, s.label)], s) for s in scores]
             rows.sort(key=lambda row: (row[1].dice, row[1].nsd, row[0].name))
             return AgreementResult(token, rows, summarise_agreement(rows))
 
@@ -314,6 +320,24 @@ class Session:
         self.agreement = result
         self.events.agreement_changed.emit(result)
         return True
+
+
+def score_pairs(
+    pairs: list[tuple[list[ClassRef], np.ndarray, np.ndarray | None]], spacing: tuple[float, float, float]
+) -> list[ClassScore]:
+    """Per-class scores of each expert's compressed labels against its original (None: identical)."""
+    scores: list[ClassScore] = []
+    for refs, original, compressed in pairs:
+        if compressed is None:  # full rank: the same labels, so every present class agrees perfectly
+            counts = np.bincount(original.ravel(), minlength=max((r.label for r in refs), default=0) + 1)
+            scores += [
+                ClassScore(r.label, r.name, r.expert, 1.0, 1.0, int(counts[r.label]), int(counts[r.label]))
+                for r in refs
+                if counts[r.label] > 0
+            ]
+        else:
+            scores += compare(original, compressed, spacing, refs).scores
+    return scores
 
 
 def _built_network(

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("pytestqt")
 pytestmark = pytest.mark.gui
 
-from pyqtgraph.Qt import QtCore, QtWidgets  # noqa: E402
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
 
 from tuckerscope.app.main_window import MainWindow  # noqa: E402
 from tuckerscope.app.screenshot import grab_window, image_spread, save_window  # noqa: E402
@@ -151,6 +151,37 @@ def test_planes_and_class_toggles_follow_through(qtbot, tiny_window):
     assert not any(actor.GetVisibility() for actor in window.surface_view.original_view.actors.values())
     window.experts_panel.set_all_visible(True)
     qtbot.waitUntil(lambda: window.slice_view._visible == labels, timeout=2000)
+    original_3d, compressed_3d = window.surface_view.views
+    assert compressed_3d.renderer.GetActiveCamera() is original_3d.renderer.GetActiveCamera()
+
+
+def test_heatmap_click_sets_a_layer_and_drop_opens_a_file(qtbot, tiny_window, tmp_path):
+    window = tiny_window
+    expert = window.session.experts["tinyother"]
+    layer = expert.engine.layers[2]
+    window.heatmap_panel.layerRanksRequested.emit("tinyother", layer.name, 5, 3)
+    assert expert.overrides == {layer.name: (5, 3)} and expert.ranks()[layer.name] == (5, 3)
+    assert not window.session.compressed_is_current()
+    wait_idle(qtbot, window)
+    assert window.session.compressed_keys["tinyother"] == expert.rank_key()
+    window.heatmap_panel.layerRanksRequested.emit("tinyother", layer.name, 10_000, 3)  # does not fit
+    qtbot.waitUntil(lambda: window.error_box is not None and window.error_box.isVisible(), timeout=5000)
+    assert expert.overrides == {layer.name: (5, 3)}
+    window.error_box.close()
+
+    dropped = small_ct(tmp_path / "dropped.nii.gz")
+    mime = QtCore.QMimeData()
+    mime.setUrls([QtCore.QUrl.fromLocalFile(str(dropped))])
+    event = QtGui.QDropEvent(
+        QtCore.QPointF(10, 10),
+        QtCore.Qt.DropAction.CopyAction,
+        mime,
+        QtCore.Qt.MouseButton.LeftButton,
+        QtCore.Qt.KeyboardModifier.NoModifier,
+    )
+    window.dropEvent(event)
+    qtbot.waitUntil(lambda: window.session.volume.name == "dropped.nii.gz", timeout=IDLE_TIMEOUT_MS)
+    assert window.recent_cts.items()[0] == str(dropped)
 
 
 def test_bad_file_shows_a_dialog_and_keeps_the_state(qtbot, tiny_window, tmp_path):

@@ -118,3 +118,23 @@ def test_superseded_refresh_still_finishes_originals_and_stale_updates_are_refus
     stale = originals_done[-1]
     session.set_experts(list(session.experts.values()), "again")
     assert not session.apply_segmentation(stale)
+
+
+def test_isolated_runner_scores_in_another_process_and_cancels_by_killing_it():
+    import os
+    import time
+
+    from tuckerscope.core.isolated import IsolatedRunner
+
+    runner = IsolatedRunner()
+    try:
+        assert runner.run(os.getpid) != os.getpid()
+        cancel = threading.Event()
+        threading.Timer(0.3, cancel.set).start()
+        start = time.perf_counter()
+        with pytest.raises(Cancelled):
+            runner.run(time.sleep, 30, cancel=cancel)
+        assert time.perf_counter() - start < 5
+        assert runner.run(abs, -3) == 3  # a fresh process after the kill
+    finally:
+        runner.close()

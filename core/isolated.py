@@ -1,0 +1,48 @@
+"""Run a picklable function in a separate, persistent process, with cancel.
+
+Why: some library code holds Python's GIL for seconds (surface-distance sorts millions of surfels with
+``sorted()``); run in a thread of the GUI process it would freeze the UI thread for that long. A second
+process has its own GIL. The process is started once (spawn, so no inherited Qt or torch state) and reused;
+cancelling terminates it, and the next call starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable
+from multiprocessing.pool import Pool
+from typing import Any
+
+from tuckerscope.core.errors import Cancelled
+
+POLL_SECONDS = 0.05
+
+
+class IsolatedRunner:
+    """One worker process; ``run`` blocks its calling (worker) thread, never the process's other threads."""
+
+    def __init__(self) -> None:
+        self._pool: Pool | None = None
+        self._lock = threading.Lock()
+
+    def run(self, function: Callable[..., Any], *args: Any, cancel: threading.Event | None = None) -> Any:
+        """``function(*args)`` in the worker process; raises Cancelled (and kills the process) on cancel."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = multiprocessing.get_context("spawn").Pool(processes=1)
+            pending = self._pool.apply_async(function, args)
+        while True:
+            try:
+                return pending.get(timeout=POLL_SECONDS)
+            except multiprocessing.TimeoutError:
+                if cancel is not None and cancel.is_set():
+                    self.close()
+                    raise Cancelled("stopped in the worker process") from None
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+            pool.join()
