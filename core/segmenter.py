@@ -46,10 +46,12 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from copy import deepcopy
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -69,6 +71,11 @@ NNUNET_TILE_STEP = 0.5
 # model-grid voxels added around a mapped ROI (reach of nearest/linear resampling, plus rounding)
 ROI_MARGIN_VOXELS = 2
 DEFAULT_TILE_CACHE_BYTES = 2 * 1024**3
+CANCEL_POLL_SECONDS = 0.1
+# Runs TS's whole-volume resampling steps so that the segmenting thread can stop waiting for them on a cancel.
+# One worker: an abandoned whole-volume step (GBs for a large CT) never runs beside another one.
+_RESAMPLING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuckerscope-resampling")
+T = TypeVar("T")
 
 
 class SegmentationError(UserError):
@@ -204,6 +211,7 @@ class Segmenter:
             data if data.dtype in (np.float32, np.float64) else data.astype(np.float32), self.affine
         )
         self._grids: dict[float | None, _ModelGrid] = {}
+        self._grid_jobs: dict[float | None, Future[_ModelGrid]] = {}
         self._prepared: dict[tuple[Any, ...], _Prepared] = {}
         self._originals: dict[tuple[Any, ...], np.ndarray] = {}
 
@@ -256,6 +264,7 @@ class Segmenter:
         report = _Progress(progress)
         should_cancel = _cancel_checker(cancel)
         report(0.0, f"{expert.name}: preparing input")
+        self._grid_unless_cancelled(recipe.resample_mm, should_cancel)
         prepared = self._prepare(expert, recipe)
         _stop_if(should_cancel)
         # With roi_only no full pass follows to reuse tile outputs: caching them would only hold memory.
@@ -265,7 +274,7 @@ class Segmenter:
             roi = check_roi(roi, self.shape)
             selected = run.tiles_touching(self._roi_box_in_model(roi, prepared))
             logits = run.logits(selected, report.span(0.05, 0.5 if not roi_only else 0.95, expert.name))
-            labels = self._to_input_grid(prepared, logits, prepared.recipe)
+            labels = _unless_cancelled(self._to_input_grid, should_cancel, prepared, logits, prepared.recipe)
             yield SegmentationResult(_only_inside(labels, roi), roi, False)
             if roi_only:
                 return
@@ -274,7 +283,7 @@ class Segmenter:
             logits = run.logits(None, report.span(0.05, 0.95, expert.name))
         _stop_if(should_cancel)
         report(0.95, f"{expert.name}: back to the input grid")
-        labels = self._to_input_grid(prepared, logits, prepared.recipe)
+        labels = _unless_cancelled(self._to_input_grid, should_cancel, prepared, logits, prepared.recipe)
         if is_original:
             self._originals[key] = labels
         report(1.0, f"{expert.name}: done")
@@ -289,6 +298,14 @@ class Segmenter:
         return self._originals.get((*_expert_key(expert), recipe, options.cache_key()))
 
     # -- TS steps --------------------------------------------------------------------------------------------
+
+    def _grid_unless_cancelled(self, resample_mm: float | None, should_cancel: Callable[[], bool]) -> None:
+        """Compute the model grid in a helper thread (once per resolution); a cancel returns at once while the
+        helper still fills the cache for the next request."""
+        if resample_mm not in self._grids:
+            if resample_mm not in self._grid_jobs:
+                self._grid_jobs[resample_mm] = _RESAMPLING.submit(self._grid, resample_mm)
+            _wait_unless_cancelled(self._grid_jobs[resample_mm], should_cancel)
 
     def _grid(self, resample_mm: float | None) -> _ModelGrid:
         """TS: as_closest_canonical, then change_spacing(order=1, dtype=int32) when the task resamples."""
@@ -604,6 +621,26 @@ def _only_inside(labels: np.ndarray, roi: Roi) -> np.ndarray:
     result = np.zeros_like(labels)
     result[roi] = labels[roi]
     return result
+
+
+def _unless_cancelled(function: Callable[..., T], should_cancel: Callable[[], bool], *args: Any) -> T:
+    """``function(*args)`` in a helper thread, returning as soon as a cancel arrives (its result is then dropped).
+
+    TS's resampling of a large CT runs for several seconds inside scipy (and the first float64 copy of it inside
+    nibabel) where no cancel can be checked; waiting here keeps a cancel's latency under a second anyway.
+    """
+    return _wait_unless_cancelled(_RESAMPLING.submit(function, *args), should_cancel, drop=True)
+
+
+def _wait_unless_cancelled(future: Future[T], should_cancel: Callable[[], bool], drop: bool = False) -> T:
+    """Wait for ``future``, checking for a cancel every 0.1 s; with ``drop``, a cancel also unqueues it."""
+    while True:
+        try:
+            return future.result(timeout=CANCEL_POLL_SECONDS)
+        except FutureTimeout:
+            if drop and should_cancel():
+                future.cancel()  # only succeeds while queued: then it never holds its inputs' memory
+            _stop_if(should_cancel)
 
 
 def _stop_if(should_cancel: Callable[[], bool]) -> None:

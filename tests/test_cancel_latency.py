@@ -4,6 +4,7 @@ far beyond the 2 s a user waits for a cancel to take effect."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -114,3 +115,42 @@ def test_a_cancel_in_another_thread_does_not_stop_this_one(expert):
     assert logits.shape == (1, 3, 32, 32, 32)
     assert signal.checks == signal.calls, "this thread's forward pass consulted the other thread's cancel"
     assert outcome.get("cancelled") is True
+
+
+def test_cancel_does_not_wait_for_whole_volume_resampling(expert, monkeypatch):
+    """TS's resampling steps cannot be interrupted (seconds in scipy for a large CT): a cancel must not wait."""
+    slow_seconds = 4.0
+    grid_calls: list[float | None] = []
+    real_grid, real_to_input = Segmenter._grid, Segmenter._to_input_grid
+
+    def slow_grid(self, resample_mm):
+        if resample_mm not in self._grids:
+            grid_calls.append(resample_mm)
+            time.sleep(slow_seconds)
+        return real_grid(self, resample_mm)
+
+    def slow_to_input_grid(self, *args):
+        time.sleep(slow_seconds)
+        return real_to_input(self, *args)
+
+    monkeypatch.setattr(Segmenter, "_grid", slow_grid)
+    monkeypatch.setattr(Segmenter, "_to_input_grid", slow_to_input_grid)
+    segmenter = Segmenter(reference_ct(), reference_affine())
+    for stage in ("preparing input", "back to the input grid"):
+        cancel = threading.Event()
+        cancelled_at: list[float] = []
+
+        def cancel_now(cancel: threading.Event = cancel, cancelled_at: list[float] = cancelled_at) -> None:
+            cancelled_at.append(time.perf_counter())
+            cancel.set()
+
+        def progress(_fraction: float, message: str, stage: str = stage, cancel_now=cancel_now) -> None:
+            if stage in message:
+                threading.Timer(0.5, cancel_now).start()  # well inside the slow step
+
+        with pytest.raises(Cancelled):
+            segmenter.segment(expert, options=InferenceOptions(threads=1), progress=progress, cancel=cancel)
+        latency = time.perf_counter() - cancelled_at[0]
+        assert latency < 1.0, f"a cancel while {stage} took {latency:.1f} s"
+    time.sleep(slow_seconds + 1)  # the abandoned grid job finishes in the background and fills the cache
+    assert grid_calls == [None], "the model grid was computed twice"
