@@ -106,23 +106,21 @@ def test_every_refused_input_shows_a_dialog_and_keeps_the_state(qtbot, window, t
     assert window.slice_view._compressed is window.session.display_compressed
 
 
-@pytest.mark.parametrize("name", ["lps_flip", "permuted_axes"])
-def test_reoriented_ct_displays_and_segments_like_the_reference(qtbot, window, tmp_path, name):
+def test_accepted_inputs_open_aligned_and_warn(qtbot, window, tmp_path):
+    """Re-oriented copies of a CT display and segment exactly like it; an MR volume opens with a warning."""
     window.open_ct(write_reference_ct(tmp_path))
     qtbot.waitUntil(lambda: window.session.volume.name == "reference_ct.nii.gz", timeout=IDLE_TIMEOUT_MS)
     wait_idle(qtbot, window)
     reference_ct = window.session.volume.display_ct
     reference_labels = window.session.display_original
     assert len(np.unique(reference_labels)) >= 2
-    path = build_case(CASES_BY_NAME[name], tmp_path / "corpus")
-    window.open_ct(path)
-    qtbot.waitUntil(lambda: window.session.volume.name == path.name, timeout=IDLE_TIMEOUT_MS)
-    wait_idle(qtbot, window)
-    np.testing.assert_array_equal(window.session.volume.display_ct, reference_ct)
-    np.testing.assert_array_equal(window.session.display_original, reference_labels)
-
-
-def test_mr_volume_opens_with_a_warning(qtbot, window, tmp_path):
+    for name in ("lps_flip", "permuted_axes"):
+        path = build_case(CASES_BY_NAME[name], tmp_path / "corpus")
+        window.open_ct(path)
+        qtbot.waitUntil(lambda p=path: window.session.volume.name == p.name, timeout=IDLE_TIMEOUT_MS)
+        wait_idle(qtbot, window)
+        np.testing.assert_array_equal(window.session.volume.display_ct, reference_ct, err_msg=name)
+        np.testing.assert_array_equal(window.session.display_original, reference_labels, err_msg=name)
     window.warning_box = None
     path = build_case(CASES_BY_NAME["mr_volume"], tmp_path / "corpus")
     window.open_ct(path)
