@@ -21,6 +21,7 @@ from torch import nn
 
 from tuckerscope.core.conv_layers import CONV_TYPES, copy_with_replacements
 from tuckerscope.core.errors import Cancelled, UserError
+from tuckerscope.core.fused_norm import TuckerConvNormAct
 from tuckerscope.core.tucker_conv import TuckerConv
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -163,7 +164,10 @@ def time_forward(
 def profile_layers(
     network: nn.Module, input_shape: tuple[int, ...], setup: ForwardSetup, runs: int = 3
 ) -> LayerProfile:
-    """Median time per conv module (original or TuckerConv) over ``runs`` passes, via forward hooks."""
+    """Median time per conv module (original or TuckerConv) over ``runs`` passes, via forward hooks.
+
+    A TuckerConv fused with its norm and activation is timed as one block, named '<layer> +norm+act'.
+    """
     setup.check()
     prepared = prepared_copy(network, setup)
     x = example_input(input_shape, setup)
@@ -171,7 +175,9 @@ def profile_layers(
     samples: dict[str, list[float]] = {}
     names: dict[int, str] = {}
     for name, module in prepared.named_modules():
-        if isinstance(module, (*CONV_TYPES, TuckerConv)) and id(module) not in names:
+        if isinstance(module, TuckerConvNormAct):  # its conv runs inside it, unhooked: time the whole block
+            names[id(module)] = f"{module[0].layer_name} +norm+act"
+        elif isinstance(module, (*CONV_TYPES, TuckerConv)) and id(module) not in names:
             names[id(module)] = name
 
     def before(module: nn.Module, _inputs: object) -> None:

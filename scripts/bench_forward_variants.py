@@ -143,16 +143,17 @@ def main() -> int:
                     "outside_convs": profile.outside_convs,
                     **profile.layers,
                 }
-        names = list(next(iter(profiles.values())))
-        print(
-            f"\nper-layer ms (hooks; includes each layer's own time only){'':<4}"
-            + "".join(f"{n:>18}" for n in profiles)
-        )
-        for layer in names:
-            print(
-                f"{layer:<44}"
-                + "".join(f"{profiles[n].get(layer, float('nan')) * 1000:>18.1f}" for n in profiles)
-            )
+        print("\nper-layer ms (forward hooks; a fused layer's time includes its norm and LeakyReLU)")
+        print(f"{'layer':<44}" + "".join(f"{n:>18}" for n in profiles))
+        layers = [k for k in profiles[next(iter(profiles))] if k not in ("total", "outside_convs")]
+        for layer in [*layers, "outside_convs", "total"]:
+            cells = []
+            for profile in profiles.values():
+                value = profile.get(layer, profile.get(f"{layer} +norm+act", float("nan")))
+                fused = f"{layer} +norm+act" in profile
+                cells.append(f"{value * 1000:>17.1f}{'*' if fused else ' '}")
+            print(f"{layer:<44}" + "".join(cells))
+        print("* = conv, instance norm and LeakyReLU timed together (fused); outside_convs = everything else")
     if args.json:
         args.json.write_text(
             json.dumps(
