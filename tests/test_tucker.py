@@ -222,7 +222,12 @@ def test_full_rank_reproduces_demo_model_logits(folder) -> None:
     from tuckerscope.core.model_folder import load_expert, spec_from_folder
 
     expert = load_expert(spec_from_folder(folder))
-    engine = TuckerEngine(expert.network, (1, 1, *expert.patch_size))
+    # a small input is enough (and quick): 4 voxels per axis at the bottleneck
+    total_stride = np.ones(3, dtype=int)
+    for layer in find_conv_layers(expert.network):
+        if not layer.transposed:
+            total_stride *= np.array(layer.stride)
+    engine = TuckerEngine(expert.network, (1, 1, *(int(s) for s in 4 * total_stride)))
     compressed = engine.compress(full_ranks(engine), keep_full_rank=False)
     torch.manual_seed(2)
     x = torch.randn(engine.input_shape)
