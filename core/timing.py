@@ -73,14 +73,20 @@ class ForwardTiming:
 
 @dataclass
 class LayerProfile:
-    """Median seconds spent in each conv (original or Tucker) and the rest of the forward pass."""
+    """Median wall and process-CPU seconds in each conv (original or Tucker) and in the rest of the pass."""
 
     layers: dict[str, float] = field(default_factory=dict)
     total: float = 0.0
+    layers_cpu: dict[str, float] = field(default_factory=dict)
+    total_cpu: float = 0.0
 
     @property
     def outside_convs(self) -> float:
         return self.total - sum(self.layers.values())
+
+    @property
+    def outside_convs_cpu(self) -> float:
+        return self.total_cpu - sum(self.layers_cpu.values())
 
 
 def autocast_context(setup: ForwardSetup) -> torch.autocast | nullcontext:
@@ -171,8 +177,8 @@ def profile_layers(
     setup.check()
     prepared = prepared_copy(network, setup)
     x = example_input(input_shape, setup)
-    starts: dict[str, float] = {}
-    samples: dict[str, list[float]] = {}
+    starts: dict[str, tuple[float, float]] = {}
+    samples: dict[str, list[tuple[float, float]]] = {}
     names: dict[int, str] = {}
     for name, module in prepared.named_modules():
         if isinstance(module, TuckerConvNormAct):  # its conv runs inside it, unhooked: time the whole block
@@ -182,12 +188,13 @@ def profile_layers(
 
     def before(module: nn.Module, _inputs: object) -> None:
         _synchronize(setup)
-        starts[names[id(module)]] = time.perf_counter()
+        starts[names[id(module)]] = (time.perf_counter(), time.process_time())
 
     def after(module: nn.Module, _inputs: object, _output: object) -> None:
         _synchronize(setup)
         name = names[id(module)]
-        samples.setdefault(name, []).append(time.perf_counter() - starts[name])
+        wall, cpu = starts[name]
+        samples.setdefault(name, []).append((time.perf_counter() - wall, time.process_time() - cpu))
 
     handles = []
     for module in prepared.modules():
@@ -198,10 +205,15 @@ def profile_layers(
         prepared(x)
         samples.clear()
         for _ in range(runs):
-            totals.append(_timed_forward(prepared, x, setup)[0])
+            totals.append(_timed_forward(prepared, x, setup))
     for handle in handles:
         handle.remove()
-    return LayerProfile({k: statistics.median(v) for k, v in samples.items()}, statistics.median(totals))
+    return LayerProfile(
+        {k: statistics.median(w for w, _ in v) for k, v in samples.items()},
+        statistics.median(w for w, _ in totals),
+        {k: statistics.median(c for _, c in v) for k, v in samples.items()},
+        statistics.median(c for _, c in totals),
+    )
 
 
 @contextmanager

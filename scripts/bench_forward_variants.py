@@ -138,12 +138,9 @@ def main() -> int:
         for name in ("original", last):
             if name in networks:
                 profile = profile_layers(networks[name], shape, setup, runs=1)
-                profiles[name] = {
-                    "total": profile.total,
-                    "outside_convs": profile.outside_convs,
-                    **profile.layers,
-                }
-        print("\nper-layer ms (forward hooks; a fused layer's time includes its norm and LeakyReLU)")
+                profiles[name] = {"total": profile.total_cpu, "outside_convs": profile.outside_convs_cpu}
+                profiles[name].update(profile.layers_cpu)
+        print("\nper-layer CPU ms (forward hooks; a fused layer's time includes its norm and LeakyReLU)")
         print(f"{'layer':<44}" + "".join(f"{n:>18}" for n in profiles))
         layers = [k for k in profiles[next(iter(profiles))] if k not in ("total", "outside_convs")]
         for layer in [*layers, "outside_convs", "total"]:

@@ -160,9 +160,9 @@ def run_forward(args: argparse.Namespace) -> int:
                 f"  speedup {row['speedup']:5.2f}x  FLOP cut {row['flop_ratio']:5.2f}x"
             )
         for key, profile in entry.get("profiles", {}).items():
-            print(f"  per-layer ms ({key}): outside convs {profile['outside_convs'] * 1000:.0f}")
+            print(f"  per-layer ms, wall / cpu ({key}): outside convs {profile['outside_convs'] * 1000:.0f}")
             for layer, seconds in profile["layers"].items():
-                print(f"    {layer:<40} {seconds * 1000:8.1f}")
+                print(f"    {layer:<48} {seconds * 1000:8.1f} {profile['layers_cpu'][layer] * 1000:8.1f}")
     return 0
 
 
@@ -203,6 +203,8 @@ def bench_forward(expert: LoadedExpert, args: argparse.Namespace, setup: Forward
                 "total": profile.total,
                 "outside_convs": profile.outside_convs,
                 "layers": profile.layers,
+                "total_cpu": profile.total_cpu,
+                "layers_cpu": profile.layers_cpu,
             }
     return entry
 
