@@ -111,6 +111,7 @@ GAS_HU = -950.0
 # RAS+: world x grows towards the patient's right, so the patient's left lies at negative x.
 LEFT, RIGHT = -1.0, 1.0
 SPINE_HALF_DEPTH = 16.0  # mm, front-to-back half-depth of a lumbar vertebral body: places canal and vessels
+PERIRENAL_FAT_MM = 5.0  # thickness of the fat around each kidney
 
 _TISSUE_OF_CLASS: dict[str, str] = {
     "kidney_right": "kidney",
@@ -476,26 +477,32 @@ def _paint_anatomy(painter: _Painter) -> None:
         (u(45, 65), u(28, 40), u(28, 38)),
         where=liver_space,
     )
-    painter.ellipsoid(
-        "spleen",
-        (cx + LEFT * (a.mean() - fat_side - wall - u(26, 34)), cy - u(15, 35), dome_l_apex - u(40, 55)),
-        (u(24, 30), u(50, 62), u(45, 58)),
-        rotation=_rotation_z(LEFT * u(0.5, 0.9)),
-        where=below_dome,
-    )
-
-    # Stomach in front of the spleen under the left dome, with its gas bubble on top (the patient lies supine).
+    # Stomach under the left dome, with its gas bubble on top (the patient lies supine).
     stomach_center = (cx + LEFT * u(35, 55), cy + u(10, 30), dome_l_apex - u(35, 50))
     painter.ellipsoid("stomach", stomach_center, (u(28, 38), u(24, 32), u(32, 42)), where=below_dome)
     painter.gas_level = (LABEL_IDS["stomach"], stomach_center[1] + u(10, 22))
 
+    # Spleen: posterolateral under the left dome, against the wall and behind the stomach; it stays out of the
+    # retroperitoneum, so it never touches the aorta or the vertebrae in a narrow trunk.
+    painter.ellipsoid(
+        "spleen",
+        (cx + LEFT * (a.mean() - fat_side - wall - u(36, 44)), cy - u(0, 15), dome_l_apex - u(35, 50)),
+        (u(24, 30), u(46, 56), u(40, 50)),
+        rotation=_rotation_z(LEFT * u(0.3, 0.6)),
+        where=below_dome & ~retroperitoneum,
+    )
+
     # Kidneys lie beside L1-L2, the right one lower, their poles tilted towards the spine.
     for side, name in ((LEFT, "kidney_left"), (RIGHT, "kidney_right")):
-        kz = (level_z["L1"] + level_z["L2"]) / 2 + (u(-10, 10) if side == LEFT else -u(5, 25))
+        kz = (level_z["L1"] + level_z["L2"]) / 2 + (-u(0, 15) if side == LEFT else -u(5, 25))
         kx = xs + side * u(55, 68)
         ky = yb + u(-8, 6)
         rotation = _rotation_y(side * u(0.1, 0.3)) @ _rotation_z(side * u(0.3, 0.6))
-        painter.ellipsoid(name, (kx, ky, kz), (u(24, 30), u(20, 25), u(48, 60)), rotation=rotation)
+        semi_axes = (u(24, 30), u(20, 25), u(44, 54))
+        # perirenal fat (inside Gerota's fascia) parts the kidney from the spleen, liver and bowel around it
+        capsule = tuple(semi + PERIRENAL_FAT_MM for semi in semi_axes)
+        painter.ellipsoid("torso_fat", (kx, ky, kz), capsule, rotation=rotation, where=cavity)
+        painter.ellipsoid(name, (kx, ky, kz), semi_axes, rotation=rotation)
         # renal sinus fat opens towards the hilum, medially
         painter.ellipsoid(
             "torso_fat",
