@@ -136,8 +136,10 @@ def run_segmentation(
     located = not any(run.need_original for run in plan.runs)  # class positions already known
     networks: dict[str, nn.Module] = {}
     work = [(run, side) for side in ("original", "compressed") for run in plan.runs if _needs(run, side)]
-    stages = (["slab"] if plan.roi is not None else []) + ["volume"]
-    steps = max(len(work) * len(stages), 1)
+    # A slab that needs every tile of an expert costs a whole pass; that expert goes straight to the volume.
+    slab_work = [(run, side) for run, side in work if plan.roi is not None and not _slab_is_whole(plan, run)]
+    stages = (["slab"] if slab_work else []) + ["volume"]
+    steps = max(len(work) + len(slab_work), 1)
     done_steps = 0
 
     def original_cancel() -> bool:
@@ -185,7 +187,7 @@ def run_segmentation(
         if stage == "slab" and compressed_cancel():
             continue  # superseded: nobody will see this slab, go straight to the cached originals
         roi = plan.roi if stage == "slab" else None
-        for run, side in work:
+        for run, side in slab_work if stage == "slab" else work:
             if side == "compressed" and compressed_cancel():
                 continue  # dropped; the originals still finish, they are cached for the next request
             label = f"{run.name} {side}" + (f" ({plan.roi_description})" if roi is not None else "")
@@ -214,6 +216,11 @@ def run_segmentation(
     if compressed_cancel():
         raise Cancelled("superseded by a newer request")
     return update("volume", True, "whole volume updated")
+
+
+def _slab_is_whole(plan: SegmentationPlan, run: ExpertRun) -> bool:
+    assert plan.roi is not None
+    return plan.segmenter.roi_needs_every_tile(run.expert, plan.roi, plan.options)
 
 
 def _needs(run: ExpertRun, side: str) -> bool:

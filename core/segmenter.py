@@ -289,6 +289,30 @@ class Segmenter:
         report(1.0, f"{expert.name}: done")
         yield SegmentationResult(labels, None, True)
 
+    def roi_needs_every_tile(
+        self,
+        expert: LoadedExpert,
+        roi: Roi,
+        options: InferenceOptions | None = None,
+        recipe: Recipe | None = None,
+    ) -> bool:
+        """True when the ROI touches every sliding-window tile: a ROI-first pass would then cost a whole pass.
+
+        Small volumes (one tile, as the demo) and slabs across a few tiles gain nothing from the ROI pass.
+        Needs the expert's preprocessed input (cached, as every later pass uses it).
+        """
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+        prepared = self._prepare(expert, recipe or recipe_for(expert))
+        patch_size = tuple(int(p) for p in prepared.predictor.configuration_manager.patch_size)
+        # the same padding nnU-Net applies, worked out on a shape-only tensor: no copy of the data
+        padded, revert_padding = pad_nd_image(
+            torch.empty(prepared.data.shape, device="meta"), patch_size, "constant", {"value": 0}, True, None
+        )
+        slicers = prepared.predictor._internal_get_sliding_window_slicers(padded.shape[1:])
+        box = self._roi_box_in_model(check_roi(roi, self.shape), prepared)
+        return len(_tiles_touching(slicers, revert_padding, box)) == len(slicers)
+
     def cached_original(
         self, expert: LoadedExpert, options: InferenceOptions | None = None, recipe: Recipe | None = None
     ) -> np.ndarray | None:
@@ -494,16 +518,7 @@ class _TileRun:
 
     def tiles_touching(self, box: list[tuple[int, int]]) -> list[int]:
         """Indices of the tiles overlapping ``box`` (given on the unpadded array)."""
-        offsets = [s.start for s in self.revert_padding[1:]]
-        chosen = []
-        for index, slicer in enumerate(self.slicers):
-            spans = slicer[1:]
-            if all(
-                span.start < stop + offset and start + offset < span.stop
-                for span, (start, stop), offset in zip(spans, box, offsets, strict=True)
-            ):
-                chosen.append(index)
-        return chosen
+        return _tiles_touching(self.slicers, self.revert_padding, box)
 
     @torch.inference_mode()
     def logits(self, selected: list[int] | None, report: _Progress) -> torch.Tensor:
@@ -598,6 +613,21 @@ class _TileRun:
                 network.to(memory_format=torch.contiguous_format)
             network.to("cpu")
             torch.set_num_threads(threads)
+
+
+def _tiles_touching(
+    slicers: list[tuple[slice, ...]], revert_padding: tuple[slice, ...], box: list[tuple[int, int]]
+) -> list[int]:
+    """Indices of the sliding-window tiles overlapping ``box`` (given on the unpadded array)."""
+    offsets = [s.start for s in revert_padding[1:]]
+    chosen = []
+    for index, slicer in enumerate(slicers):
+        if all(
+            span.start < stop + offset and start + offset < span.stop
+            for span, (start, stop), offset in zip(slicer[1:], box, offsets, strict=True)
+        ):
+            chosen.append(index)
+    return chosen
 
 
 def _autocast(device: torch.device, precision: str) -> Any:

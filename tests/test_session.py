@@ -58,9 +58,9 @@ def loaded(tmp_path_factory):
     return source, load_expert_models(source)
 
 
-def new_session(loaded) -> Session:
+def new_session(loaded, slices: int = 20) -> Session:
     source, experts = loaded
-    i, j, k = np.mgrid[:36, :34, :20]
+    i, j, k = np.mgrid[:36, :34, :slices]
     ct = np.where(((i - 18) / 15) ** 2 + ((j - 17) / 13) ** 2 < 1, 40.0, -1000.0).astype(np.float32)
     session = Session()
     session.set_volume(CaseVolume.from_array(ct, np.diag([-3.0, 3.0, 3.0, 1.0]), "ct"))
@@ -71,7 +71,7 @@ def new_session(loaded) -> Session:
 
 
 def test_slab_first_then_whole_volume_and_only_changed_experts_rerun(loaded):
-    session = new_session(loaded)
+    session = new_session(loaded, slices=80)  # 4 tiles along z: the slab needs only 2 of them
     partials = []
     never = threading.Event()
     plan = session.plan_segmentation(display_axis=2, display_index=10)
@@ -97,6 +97,19 @@ def test_slab_first_then_whole_volume_and_only_changed_experts_rerun(loaded):
     agreement = session.plan_agreement()(never)
     assert {info.expert for info, _ in agreement.rows} <= {"first", "second"}
     assert [s.dice for _, s in agreement.rows] == sorted(s.dice for _, s in agreement.rows)
+
+
+def test_a_slab_that_needs_every_tile_goes_straight_to_the_volume(loaded):
+    """20 slices fit one tile along z: a slab pass would cost a whole pass, so each expert runs once."""
+    session = new_session(loaded)
+    session.set_df("first", 0.4)
+    plan = session.plan_segmentation(display_axis=2, display_index=10)
+    assert all(plan.segmenter.roi_needs_every_tile(run.expert, plan.roi) for run in plan.runs)
+    partials, never = [], threading.Event()
+    final = run_segmentation(plan, lambda f, m: None, never, never, partials.append)
+    assert [u.stage for u in partials] == ["volume"]  # the "originals done" update, no slab
+    assert final.done and final.complete_experts == {"first"}  # "second" is at full rank
+    assert session.apply_segmentation(final) and session.compressed_is_current()
 
 
 def test_superseded_refresh_still_finishes_originals_and_stale_updates_are_refused(loaded):
