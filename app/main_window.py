@@ -194,6 +194,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.experts_panel.classActivated.connect(self.jump_to_class)
         self.agreement_panel.classActivated.connect(self.jump_to_class)
         self.heatmap_panel.layerRanksRequested.connect(self._on_layer_ranks_requested)
+        self.surface_view.body_wall_check.setChecked(
+            bool(self.settings.value("view/body_wall_in_3d", False, type=bool))
+        )
+        self.surface_view.body_wall_check.toggled.connect(self._on_body_wall_toggled)
         self.timing_panel.remeasureRequested.connect(lambda precision: self.start_timing(precision))
         self.slice_view.planeChanged.connect(lambda _plane: self.schedule_segmentation())
         self.slice_view.hoverChanged.connect(lambda text: self.statusBar().showMessage(text, 4000))
@@ -523,15 +527,27 @@ class MainWindow(QtWidgets.QMainWindow):
         spacing = self.session.volume.grid.display_spacing
         view = self.surface_view
         budget = view.triangle_budget()
+        left_out = [] if view.body_wall_check.isChecked() else self._body_wall_labels()
 
         def job(context: JobContext) -> dict:
             context.progress(0.0, f"building {side} surfaces")
-            return extract_label_surfaces(labels, spacing, triangle_budget=budget)
+            # left out before meshing: their shells would also eat most of the triangle budget
+            shown = np.where(np.isin(labels, left_out), 0, labels) if left_out else labels
+            return extract_label_surfaces(shown, spacing, triangle_budget=budget)
 
         apply = view.set_original if side == "original" else view.set_compressed
         self.lanes[f"surfaces_{side}"].submit(
             job, JobCallbacks(apply, on_error=self._error_handler("Could not build the 3D surfaces"))
         )
+
+    def _body_wall_labels(self) -> list[int]:
+        return [info.label for info in self.session.classes if info.wraps_the_body]
+
+    def _on_body_wall_toggled(self, shown: bool) -> None:
+        self.settings.setValue("view/body_wall_in_3d", shown)
+        self._surfaces_source.clear()
+        self._start_surfaces("original", self.session.display_original)
+        self._start_surfaces("compressed", self.session.display_compressed)
 
     def _start_heatmaps(self) -> None:
         """Explained-variance grids of every layer, read from the cached factors (no decomposition)."""

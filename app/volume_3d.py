@@ -160,11 +160,21 @@ class SurfacePairView(QtWidgets.QWidget):
             interactor = source.render_window.GetInteractor()
             interactor.AddObserver("InteractionEvent", lambda *_, t=target: t.render())
             interactor.AddObserver("EndInteractionEvent", lambda *_, t=target: t.render())
-        layout = QtWidgets.QHBoxLayout(self)
+        self.body_wall_check = QtWidgets.QCheckBox("Show body wall in 3D")
+        self.body_wall_check.setToolTip(
+            "Skin, fat and the muscle ring wrap the trunk; in 3D their shells hide every organ inside.\n"
+            "They stay on the slices either way."
+        )
+        views = QtWidgets.QHBoxLayout()
+        views.setContentsMargins(0, 0, 0, 0)
+        views.setSpacing(2)
+        views.addWidget(self.original_view)
+        views.addWidget(self.compressed_view)
+        layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        layout.addWidget(self.original_view)
-        layout.addWidget(self.compressed_view)
+        layout.addWidget(self.body_wall_check)
+        layout.addLayout(views, 1)
 
     @property
     def views(self) -> tuple[SurfaceView, SurfaceView]:

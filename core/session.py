@@ -36,6 +36,19 @@ from tuckerscope.core.tucker import TuckerEngine
 ProgressCallback = Callable[[float, str], None]
 RGB = tuple[int, int, int]
 SLAB_HALF_WIDTH = 6  # slices either side of the one on screen that are segmented first
+# TS classes (and the demo's) that wrap the trunk: in 3D their shells hide every organ inside them.
+BODY_WALL_CLASSES = frozenset(
+    {
+        "skin",
+        "body",
+        "body_trunc",
+        "body_extremities",
+        "subcutaneous_fat",
+        "torso_fat",
+        "intermuscular_fat",
+        "skeletal_muscle",
+    }
+)
 
 
 class SessionError(UserError):
@@ -51,6 +64,11 @@ class ClassInfo:
     expert: str
     expert_label: int  # value in the expert's own output
     rgb: RGB  # TS colour, or a stable fallback for classes TS does not colour
+
+    @property
+    def wraps_the_body(self) -> bool:
+        """A body-wall tissue: shown on slices, left out of 3D unless asked for (it would hide the rest)."""
+        return self.name in BODY_WALL_CLASSES
 
 
 @dataclass(frozen=True)

@@ -316,11 +316,24 @@ def test_demo_screenshot_at_df_0_2_shows_degraded_compression(qtbot, demo_window
     QtWidgets.QApplication.processEvents()
     path = save_window(window, out / "demo_df0.2_window.png")
     assert image_spread(grab_window(window)) > 10
+    body_wall = {info.label for info in session.classes if info.wraps_the_body}
+    assert body_wall, "the demo's vessels expert segments subcutaneous fat and skeletal muscle"
     for side, view in zip(("original", "compressed"), window.surface_view.views, strict=True):
         frame = view.capture()
         assert frame.std() > 5, f"the {side} 3D view is blank"
-        assert len(view.actors) > 0
+        assert view.actors and not body_wall & set(view.actors), "body-wall shells hide the organs in 3D"
         from tuckerscope.app.screenshot import array_to_image
 
         array_to_image(frame).save(str(out / f"demo_df0.2_3d_{side}.png"))
     print(f"\nscreenshots in {path.parent}; {differing} voxels differ at DF 0.2")
+
+
+def test_body_wall_shells_come_back_in_3d_on_request(qtbot, demo_window):
+    window = demo_window
+    wait_idle(qtbot, window)
+    body_wall = {info.label for info in window.session.classes if info.wraps_the_body}
+    original_3d = window.surface_view.original_view
+    assert original_3d.actors and not body_wall & set(original_3d.actors)
+    window.surface_view.body_wall_check.setChecked(True)
+    qtbot.waitUntil(lambda: body_wall <= set(original_3d.actors), timeout=IDLE_TIMEOUT_MS)
+    assert window.settings.value("view/body_wall_in_3d", type=bool) is True
