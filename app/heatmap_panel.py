@@ -74,7 +74,7 @@ class HeatmapPanel(QtWidgets.QWidget):
         self._ranks: dict[str, dict[str, tuple[int, int]]] = {}
         self._expert: str | None = None
         self._selected: int = 0
-        self._thumb_markers: list[pg.ScatterPlotItem] = []
+        self._thumb_markers: list[QtWidgets.QGraphicsRectItem] = []
         self._thumb_boxes: list[ThumbnailBox] = []
         self.colormap = pg.colormap.get(HEATMAP_COLORMAP)
 
@@ -171,6 +171,14 @@ class HeatmapPanel(QtWidgets.QWidget):
             box.setBorder(pg.mkPen("y", width=2) if i == self._selected else pg.mkPen(80, 80, 80))
         self._update_markers()
 
+    def marked_ranks(self, index: int) -> tuple[int, int] | None:
+        """(r_out, r_in) as marked on overview thumbnail ``index`` (read back from the drawn outline)."""
+        marker = self._thumb_markers[index]
+        if not marker.isVisible():
+            return None
+        rect = marker.rect()
+        return int(round(rect.height())), int(round(rect.width()))
+
     @property
     def selected_layer(self) -> str | None:
         heatmaps = self._heatmaps.get(self._expert or "", [])
@@ -197,7 +205,14 @@ class HeatmapPanel(QtWidgets.QWidget):
             image = pg.ImageItem(heatmap.grid, axisOrder="row-major", levels=(0.0, 1.0))
             image.setColorMap(self.colormap)
             image.setRect(_heatmap_rect(heatmap))
-            marker = pg.ScatterPlotItem(size=6, symbol="x", pen=pg.mkPen("r", width=1.5))
+            # The kept block [1, r_in] x [1, r_out] outlined: a plain rect item repaints in microseconds, where a
+            # ScatterPlotItem per thumbnail cost milliseconds each on every drag step.
+            marker = QtWidgets.QGraphicsRectItem()
+            pen = pg.mkPen("r", width=1.5)
+            pen.setCosmetic(True)
+            marker.setPen(pen)
+            marker.setZValue(5)
+            marker.setVisible(False)
             box.addItem(image)
             box.addItem(marker)
             box.setToolTip(f"{heatmap.name} ({heatmap.channels[0]} x {heatmap.channels[1]})")
@@ -214,10 +229,9 @@ class HeatmapPanel(QtWidgets.QWidget):
         ranks = self._ranks.get(self._expert or "", {})
         for heatmap, marker in zip(heatmaps, self._thumb_markers, strict=False):
             chosen = ranks.get(heatmap.name)
+            marker.setVisible(bool(chosen))
             if chosen:
-                marker.setData([chosen[1]], [chosen[0]])
-            else:
-                marker.setData([])
+                marker.setRect(QtCore.QRectF(0.5, 0.5, chosen[1], chosen[0]))
         if not heatmaps:
             return
         heatmap = heatmaps[self._selected]

@@ -29,7 +29,7 @@ from tuckerscope.app.recent_files import RecentFiles
 from tuckerscope.app.slice_views import PLANES, SlicePairView
 from tuckerscope.app.status_bar import ProgressStatus
 from tuckerscope.app.style import configure_pyqtgraph
-from tuckerscope.app.surfaces import extract_label_surfaces
+from tuckerscope.app.surfaces import to_polydata
 from tuckerscope.app.sweep_panel import SweepPanel
 from tuckerscope.app.timing_panel import TimingPanel
 from tuckerscope.app.volume_3d import SurfacePairView
@@ -49,6 +49,7 @@ from tuckerscope.core.session_jobs import (
     heatmaps_job,
     timing_job,
 )
+from tuckerscope.core.surfaces import SMOOTHING_ITERATIONS, LabelMeshes, extract_label_meshes
 from tuckerscope.core.timing import ForwardSetup
 
 ORGANISATION = "TuckerScope"
@@ -95,6 +96,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.colours: dict[int, tuple[int, int, int]] = {}
         self._surfaces_source: dict[str, int] = {}
         self.isolated = IsolatedRunner()  # agreement scoring: its library holds the GIL for seconds
+        self.surface_process = IsolatedRunner()  # VTK's filters hold the GIL for their whole run
+        self.surface_process.warm_up("tuckerscope.core.surfaces")
         self.error_box: QtWidgets.QMessageBox | None = None  # the last error dialog (tests look at it)
         self.warning_box: QtWidgets.QMessageBox | None = None
         self._build_views()
@@ -527,15 +530,26 @@ class MainWindow(QtWidgets.QMainWindow):
         spacing = self.session.volume.grid.display_spacing
         view = self.surface_view
         budget = view.triangle_budget()
-        left_out = [] if view.body_wall_check.isChecked() else self._body_wall_labels()
+        # left out before meshing: their shells would also eat most of the triangle budget
+        left_out = () if view.body_wall_check.isChecked() else tuple(self._body_wall_labels())
 
-        def job(context: JobContext) -> dict:
+        def job(context: JobContext) -> LabelMeshes:
             context.progress(0.0, f"building {side} surfaces")
-            # left out before meshing: their shells would also eat most of the triangle budget
-            shown = np.where(np.isin(labels, left_out), 0, labels) if left_out else labels
-            return extract_label_surfaces(shown, spacing, triangle_budget=budget)
+            # not stopped when superseded (that would kill the process): it finishes in well under a second
+            return self.surface_process.run(
+                extract_label_meshes,
+                labels,
+                spacing,
+                SMOOTHING_ITERATIONS,
+                budget,
+                left_out,
+                cancel=context.user_cancel,
+            )
 
-        apply = view.set_original if side == "original" else view.set_compressed
+        def apply(meshes: LabelMeshes) -> None:
+            surfaces = to_polydata(meshes)
+            view.set_original(surfaces) if side == "original" else view.set_compressed(surfaces)
+
         self.lanes[f"surfaces_{side}"].submit(
             job, JobCallbacks(apply, on_error=self._error_handler("Could not build the 3D surfaces"))
         )
@@ -712,6 +726,7 @@ class MainWindow(QtWidgets.QMainWindow):
         for lane in self.lanes.values():
             lane.wait(10_000)
         self.isolated.close()
+        self.surface_process.close()
         self.surface_view.close_vtk()
         super().closeEvent(event)
 

@@ -8,6 +8,7 @@ cancelling terminates it, and the next call starts a fresh one.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import threading
 from collections.abc import Callable
@@ -39,6 +40,13 @@ class IsolatedRunner:
                 if cancel is not None and cancel.is_set():
                     self.close()
                     raise Cancelled("stopped in the worker process") from None
+
+    def warm_up(self, module: str) -> None:
+        """Start the process now and import ``module`` there, so the first real call does not pay for both."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = multiprocessing.get_context("spawn").Pool(processes=1)
+            self._pool.apply_async(importlib.import_module, (module,))
 
     def close(self) -> None:
         with self._lock:
