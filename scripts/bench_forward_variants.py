@@ -1,6 +1,6 @@
 """Which execution strategy gives which CPU speed: original vs compressed networks, run interleaved.
 
-Networks are the real TS architectures from /work/shared/ts_plans with seeded random weights (timing does not
+Networks are the real TS architectures from ../shared/ts_plans with seeded random weights (timing does not
 depend on the weights). Variants, all computing the same function per DF:
   original       nnU-Net's network as it runs in nnU-Net (NCDHW)
   original-cl    the same in channels_last_3d (a stock torch trick, for reference)

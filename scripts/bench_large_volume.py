@@ -6,7 +6,7 @@ stop within 2 s when the user cancels. The pipeline measured is the one the wind
 Session.set_volume -> load_expert_models (load + factorise) -> plan_segmentation (the visible slab first) ->
 run_segmentation (original, then compressed at --df) -> apply_segmentation.
 
-Weights are seeded random ones in a TS home built from /work/shared/ts_plans (tests/ts_home.py): the same
+Weights are seeded random ones in a TS home built from ../shared/ts_plans (tests/ts_home.py): the same
 architecture, so the same compute and memory; the labels are meaningless. Figures are from one run on a shared
 machine: rerun before trusting small differences.
 

@@ -10,7 +10,7 @@ and prints the wall and CPU times (CPU: user + system of the process and its chi
 jobs on a shared machine), the ratios TS / app, and whether the uncompressed output equals TS's voxel for
 voxel. Every figure comes from one run; the machine is shared, so rerun before trusting a small difference.
 
-Without --ts-home it builds a TS home with seeded random weights from /work/shared/ts_plans (tests/ts_home.py):
+Without --ts-home it builds a TS home with seeded random weights from ../shared/ts_plans (tests/ts_home.py):
 same architectures, so the same compute; TS runs offline (weights present, usage statistics off, HTTP(S)
 proxied to a closed port).
 

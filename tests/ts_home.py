@@ -1,4 +1,4 @@
-"""A stand-in TotalSegmentator home: the real TS architectures (from /work/shared/ts_plans) with seeded random weights.
+"""A stand-in TotalSegmentator home: the real TS architectures (from ../shared/ts_plans beside the repository) with seeded random weights.
 
 There is no internet here, so the real TS weights cannot be downloaded. A TS home built from the real plans has the
 same networks, folder layout and checkpoint format, so every code path that loads, compresses, counts or times TS
@@ -16,7 +16,7 @@ import torch
 
 from tuckerscope.core.model_folder import build_network
 
-TS_PLANS_DIR = Path("/work/shared/ts_plans")
+TS_PLANS_DIR = Path(__file__).resolve().parents[2] / "shared" / "ts_plans"  # ../shared beside the repo
 ALL_TASK_IDS = (291, 292, 293, 294, 295, 297)
 
 
