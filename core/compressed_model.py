@@ -24,7 +24,7 @@ from torch import nn
 
 from tuckerscope.core.conv_layers import find_conv_layers
 from tuckerscope.core.errors import UserError
-from tuckerscope.core.model_folder import LoadedExpert
+from tuckerscope.core.model_folder import LoadedExpert, nnunet_checkpoint
 from tuckerscope.core.tucker import network_with_tucker_layers
 from tuckerscope.core.tucker_conv import TuckerConv
 
@@ -75,19 +75,15 @@ def save_compressed(
     manifest = compression_manifest(
         network, {"source_folder": str(source), "expert": expert.name, **(extra or {})}
     )
-    checkpoint = {
-        "network_weights": _own_tensors(network.state_dict(keep_vars=True)),
-        "init_args": {
-            "plans": expert.plans,
-            "configuration": expert.spec.configuration,
-            "fold": 0,
-            "dataset_json": expert.dataset_json,
-        },
-        "trainer_name": expert.trainer_name,
-        "inference_allowed_mirroring_axes": list(expert.mirroring_axes) if expert.mirroring_axes else None,
-        "current_epoch": 0,
-        CHECKPOINT_KEY: manifest,
-    }
+    checkpoint = nnunet_checkpoint(
+        _own_tensors(network.state_dict(keep_vars=True)),
+        expert.plans,
+        expert.dataset_json,
+        configuration=expert.spec.configuration,
+        trainer_name=expert.trainer_name,
+        mirroring_axes=list(expert.mirroring_axes) if expert.mirroring_axes else None,
+    )
+    checkpoint[CHECKPOINT_KEY] = manifest
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return folder

@@ -218,6 +218,31 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def nnunet_checkpoint(
+    weights: dict[str, Any],
+    plans: dict[str, Any],
+    dataset_json: dict[str, Any],
+    *,
+    configuration: str = "3d_fullres",
+    trainer_name: str = "nnUNetTrainer",
+    mirroring_axes: tuple[int, ...] | list[int] | None = None,
+    epoch: int = 0,
+) -> dict[str, Any]:
+    """The checkpoint dict nnU-Net v2 writes for fold 0, plain data only (loads with ``weights_only=True``)."""
+    return {
+        "network_weights": weights,
+        "init_args": {
+            "plans": plans,
+            "configuration": configuration,
+            "fold": 0,
+            "dataset_json": dataset_json,
+        },
+        "trainer_name": trainer_name,
+        "inference_allowed_mirroring_axes": mirroring_axes,
+        "current_epoch": epoch,
+    }
+
+
 def load_expert(spec: ExpertSpec) -> LoadedExpert:
     """Build the expert's network from its plans and fill it with the checkpoint's weights."""
     plans = read_json(spec.plans_path)

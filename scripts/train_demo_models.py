@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuckerscope.core.model_folder import build_network, load_expert, spec_from_folder
+from tuckerscope.core.model_folder import build_network, load_expert, nnunet_checkpoint, spec_from_folder
 from tuckerscope.core.phantom import CLASS_GROUPS, CLASS_NAMES, DEFAULT_SHAPE, DEFAULT_SPACING, make_phantom
 from tuckerscope.resources import DEMO_MODELS_DIR
 
@@ -366,15 +366,11 @@ def write_expert_folder(
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)
     (folder / "plans.json").write_text(json.dumps(plans, indent=2) + "\n")
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
-    checkpoint = {
-        # state_dict keeps nnU-Net's shared tensors (each conv is registered twice, the decoder holds the
-        # encoder) shared when saved, so the file holds every weight once.
-        "network_weights": network.state_dict(),
-        "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json},
-        "trainer_name": "nnUNetTrainer",
-        "inference_allowed_mirroring_axes": None,
-        "current_epoch": iterations // ITERATIONS_PER_EPOCH,
-    }
+    # state_dict keeps nnU-Net's shared tensors (each conv is registered twice, the decoder holds the
+    # encoder) shared when saved, so the file holds every weight once.
+    checkpoint = nnunet_checkpoint(
+        network.state_dict(), plans, dataset_json, epoch=iterations // ITERATIONS_PER_EPOCH
+    )
     path = folder / "fold_0" / "checkpoint_final.pth"
     torch.save(checkpoint, path)
     return path

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tuckerscope.core.model_folder import build_network
+from tuckerscope.core.model_folder import build_network, nnunet_checkpoint
 
 TINY_LABELS = {"background": 0, "liver": 1, "spleen": 2}
 
@@ -114,17 +114,8 @@ def write_tiny_model(
     if checkpoint is None:
         torch.manual_seed(seed)
         network = build_network(plans, dataset_json)
-        checkpoint = {
-            "network_weights": network.state_dict(),
-            "init_args": {
-                "plans": plans,
-                "configuration": "3d_fullres",
-                "fold": 0,
-                "dataset_json": dataset_json,
-            },
-            "trainer_name": "nnUNetTrainer",
-            "inference_allowed_mirroring_axes": (0, 1, 2),
-            "current_epoch": 1,
-        }
+        checkpoint = nnunet_checkpoint(
+            network.state_dict(), plans, dataset_json, mirroring_axes=(0, 1, 2), epoch=1
+        )
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     return folder

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tuckerscope.core.model_folder import build_network
+from tuckerscope.core.model_folder import build_network, nnunet_checkpoint
 
 TS_PLANS_DIR = Path(__file__).resolve().parents[2] / "shared" / "ts_plans"  # ../shared beside the repo
 ALL_TASK_IDS = (291, 292, 293, 294, 295, 297)
@@ -52,18 +52,9 @@ def build_random_ts_home(
         dataset_json = json.loads((source / "dataset.json").read_text())
         torch.manual_seed(seed * 1000 + task_id)
         network = build_network(plans, dataset_json, "3d_fullres")
-        checkpoint = {
-            "network_weights": network.state_dict(),
-            "init_args": {
-                "plans": plans,
-                "configuration": "3d_fullres",
-                "fold": 0,
-                "dataset_json": dataset_json,
-            },
-            "trainer_name": source.name.split("__")[0],
-            "inference_allowed_mirroring_axes": None,
-            "current_epoch": 0,
-        }
+        checkpoint = nnunet_checkpoint(
+            network.state_dict(), plans, dataset_json, trainer_name=source.name.split("__")[0]
+        )
         torch.save(checkpoint, target / "fold_0" / "checkpoint_final.pth")
     (dest / "config.json").write_text(
         json.dumps(
