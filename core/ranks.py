@@ -166,7 +166,10 @@ def parse_df_options(values: Iterable[str], expert_names: Iterable[str]) -> dict
             df = float(number)
         except ValueError:
             raise RankPolicyError(f"--df {value!r}: expected a number like 0.3 or EXPERT=0.3") from None
-        check_df(df)
+        try:
+            check_df(df)
+        except RankPolicyError as exc:
+            raise RankPolicyError(f"--df {value!r}: {exc}") from None
         if not name:
             default = df
         elif name not in names:

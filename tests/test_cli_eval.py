@@ -82,12 +82,12 @@ def test_eval_text_summary(case, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--df", "1.5"], "must lie in (0, 1]"),
+        (["--df", "1.5"], "--df '1.5': DF must be between"),
         ([], "give at least one --df"),
         (["--df", "0.3", "--gt", "wrong_grid.nii.gz"], "not on the CT's voxel grid"),
         (["--df", "0.3", "--gt", "absent.nii.gz"], "does not exist"),
         (["--df", "0.3", "--tolerance", "-1"], "--tolerance"),
-        (["--df", "nosuchexpert=0.3"], "unknown expert"),
+        (["--df", "nosuchexpert=0.3"], "no expert named 'nosuchexpert'"),
     ],
 )
 def test_eval_bad_input_is_one_line(case, capsys, extra, message):

@@ -76,8 +76,8 @@ def test_split_roi_and_df(model, ct_file, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--df", "1.5"], "must lie in (0, 1]"),
-        (["--df", "liver=0.3"], "unknown expert 'liver'"),
+        (["--df", "1.5"], "--df '1.5': DF must be between"),
+        (["--df", "liver=0.3"], "no expert named 'liver'"),
         (["--roi", "1:2,3"], "three ranges"),
         (["--roi", "a:b,:,:"], "integers"),
         (["--roi", "5:5,:,:"], "empty along axis x"),

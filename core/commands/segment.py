@@ -19,6 +19,7 @@ import torch
 from tuckerscope.core.errors import UserError
 from tuckerscope.core.model_folder import LoadedExpert
 from tuckerscope.core.model_sources import TASK_NAMES, ModelSource, resolve_source
+from tuckerscope.core.ranks import parse_df_options
 from tuckerscope.core.segmenter import (
     DEVICES,
     InferenceOptions,
@@ -162,33 +163,10 @@ def parse_roi(text: str) -> Roi:
 
 
 def parse_dfs(values: Sequence[str], expert_names: Sequence[str]) -> dict[str, float]:
-    """['0.3'] -> every expert at 0.3; ['organs=0.2'] -> only organs; a plain value is the default for the rest."""
-    default: float | None = None
-    per_expert: dict[str, float] = {}
-    for value in values:
-        name, _, number = value.rpartition("=")
-        df = _df_value(number, value)
-        if not name:
-            default = df
-        elif name not in expert_names:
-            raise SegmentArgumentError(
-                f"--df names unknown expert {name!r}; experts: {', '.join(expert_names)}"
-            )
-        else:
-            per_expert[name] = df
-    result = {name: default for name in expert_names if default is not None}
-    result.update(per_expert)
-    return {name: df for name, df in result.items() if df < 1.0 or name in per_expert}
-
-
-def _df_value(number: str, raw: str) -> float:
-    try:
-        df = float(number)
-    except ValueError:
-        raise SegmentArgumentError(f"--df {raw!r}: the factor must be a number in (0, 1]") from None
-    if not 0.0 < df <= 1.0:
-        raise SegmentArgumentError(f"--df {raw!r}: the factor must lie in (0, 1]")
-    return df
+    """Experts to compress: ``ranks.parse_df_options`` minus those a plain value left at DF 1.0 (named ones stay)."""
+    dfs = parse_df_options(values, expert_names)
+    named = {value.rpartition("=")[0] for value in values}
+    return {name: df for name, df in dfs.items() if df < 1.0 or name in named}
 
 
 def compress_experts(
