@@ -98,23 +98,7 @@ def test_plans_use_the_new_format_and_fit_the_phantom(folder):
     assert dataset["labels"]["background"] == 0
 
 
-# The shipped organs expert misses the 0.9 target on spleen (0.87) and kidney_left (0.84) for this seed: it
-# needs a longer training run than this machine allowed. Strict, so the mark must go once a retrained expert passes.
-BELOW_TARGET = {
-    "organs": "organs expert below the Dice 0.9 target on spleen and kidney_left; retraining pending"
-}
-
-
-def _with_known_shortfalls(folders: list[Path]) -> list:
-    return [
-        pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=BELOW_TARGET[folder_id(f)]))
-        if folder_id(f) in BELOW_TARGET
-        else f
-        for f in folders
-    ]
-
-
-@pytest.mark.parametrize("folder", _with_known_shortfalls(FOLDERS), ids=folder_id)
+@pytest.mark.parametrize("folder", FOLDERS, ids=folder_id)
 def test_expert_segments_an_unseen_phantom(folder, unseen_phantom):
     expert = load_expert(spec_from_folder(folder))
     labels = segment_with_expert(unseen_phantom.ct, unseen_phantom.affine, expert)
