@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
+from tuckerscope.app.style import wrapped_label_of_fixed_height
 from tuckerscope.app.tables import fill_table, read_only_table
 
 COLUMNS = ("class", "expert", "Dice", "NSD", "voxels orig", "voxels comp", "status")
@@ -42,7 +43,7 @@ class AgreementPanel(QtWidgets.QWidget):
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.summary = QtWidgets.QLabel("No comparison yet")
-        self.summary.setWordWrap(True)
+        wrapped_label_of_fixed_height(self.summary, 2)
         self.table = read_only_table(COLUMNS)
         self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.cellClicked.connect(self._on_clicked)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 from superqt import QLabeledDoubleSlider
 
+from tuckerscope.app.style import wrapped_label_of_fixed_height
+
 DF_MIN, DF_MAX, DF_STEP = 0.05, 1.0, 0.01
 
 
@@ -46,7 +48,7 @@ class ExpertRow(QtWidgets.QWidget):
             f"Downsampling factor of {name}: ranks are ceil(C x DF), at least 8, at most C"
         )
         self.figures = QtWidgets.QLabel("…")
-        self.figures.setWordWrap(True)
+        wrapped_label_of_fixed_height(self.figures, 2)
         self.figures.setStyleSheet("color: palette(mid);")
         layout = QtWidgets.QGridLayout(self)
         layout.setContentsMargins(2, 4, 2, 4)

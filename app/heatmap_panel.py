@@ -13,7 +13,7 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
-from tuckerscope.app.style import HEATMAP_COLORMAP, configure_pyqtgraph
+from tuckerscope.app.style import HEATMAP_COLORMAP, configure_pyqtgraph, wrapped_label_of_fixed_height
 
 OVERVIEW_COLUMNS = 6
 THUMBNAIL_HEIGHT = 92
@@ -81,7 +81,7 @@ class HeatmapPanel(QtWidgets.QWidget):
         self.expert_combo = QtWidgets.QComboBox()
         self.expert_combo.currentTextChanged.connect(self._on_expert_combo)
         self.status_label = QtWidgets.QLabel("No heatmaps yet")
-        self.status_label.setWordWrap(True)
+        wrapped_label_of_fixed_height(self.status_label, 2)
 
         self.overview = pg.GraphicsLayoutWidget()
         self.overview_scroll = QtWidgets.QScrollArea()

@@ -34,6 +34,7 @@ from tuckerscope.app.sweep_panel import SweepPanel
 from tuckerscope.app.timing_panel import TimingPanel
 from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
+from tuckerscope.core.cpu_memory import retain_for_interactive_use
 from tuckerscope.core.deliverables import ExportBundle
 from tuckerscope.core.errors import UserError
 from tuckerscope.core.isolated import IsolatedRunner
@@ -89,6 +90,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.session.inference = InferenceOptions(threads=max(1, (os.cpu_count() or 2) - 1))
         self.lanes = {name: JobLane(name, self) for name in LANES}
         self.compress_lanes: dict[str, JobLane] = {}  # one per expert: dragging one must not drop another
+        # ...but one thread for all: compressions are short and mostly Python, and three threads fighting over
+        # the GIL starve the UI thread (measured: 0.4 s event-loop stalls when all sliders move together)
+        self.compress_pool = QtCore.QThreadPool(self)
+        self.compress_pool.setMaxThreadCount(1)
         self.networks: dict[str, tuple[RankKey, Any]] = {}
         self.sizes: dict[str, SizeFigures] = {}
         self.timed_keys: dict[str, RankKey] = {}  # ranks the timing panel's figures were measured at
@@ -518,7 +523,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.experts_panel.set_figures(name, describe_build(self.sizes[name], result.seconds, full))
             self.figures_panel.set_figures([self.sizes[n] for n in self.session.experts if n in self.sizes])
 
-        lane = self.compress_lanes.setdefault(name, JobLane(f"compress {name}", self))
+        lane = self.compress_lanes.get(name)
+        if lane is None:  # one lane per expert for the session: a new lane per step leaked a thread pool each
+            lane = self.compress_lanes[name] = JobLane(f"compress {name}", self, self.compress_pool)
         lane.submit(
             lambda _context: run(), JobCallbacks(built, on_error=self._error_handler("Compression failed"))
         )
@@ -748,6 +755,7 @@ def _settings_key(source: str) -> str:
 def run_app(argv: list[str]) -> int:
     """Open the window (the demo with no arguments) and run the event loop."""
     request = parse_launch_args(list(argv))
+    retain_for_interactive_use()
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)

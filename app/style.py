@@ -1,4 +1,5 @@
-"""Look-and-feel shared by the views: pyqtgraph options, CT window presets, label colours, difference colours."""
+"""Look-and-feel shared by the views: pyqtgraph options, CT window presets, label colours, difference colours,
+labels that never resize the window."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
+from pyqtgraph.Qt import QtWidgets
 
 
 def configure_pyqtgraph() -> None:
@@ -47,3 +49,17 @@ def label_lut(
             lut[label, :3] = rgb
             lut[label, 3] = alpha
     return lut
+
+
+def wrapped_label_of_fixed_height(label: QtWidgets.QLabel, lines: int) -> QtWidgets.QLabel:
+    """Word-wrap ``label`` in a box exactly ``lines`` lines high.
+
+    A wrapped label whose text changes may change its height, and every such change makes Qt lay out the whole
+    window again (measured: about 0.3 s with the pyqtgraph docks, at the start of every slider drag).
+    """
+    label.setWordWrap(True)
+    # width from the layout only (never from the text), height fixed: the label's size hint cannot change
+    label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Fixed)
+    margins = label.contentsMargins()
+    label.setFixedHeight(lines * label.fontMetrics().lineSpacing() + margins.top() + margins.bottom() + 2)
+    return label

@@ -115,11 +115,17 @@ class JobLane(QtCore.QObject):
     progressChanged = QtCore.Signal(str, float, str)  # lane name, fraction, message
     busyChanged = QtCore.Signal(str, bool)
 
-    def __init__(self, name: str, parent: QtCore.QObject | None = None) -> None:
+    def __init__(
+        self, name: str, parent: QtCore.QObject | None = None, pool: QtCore.QThreadPool | None = None
+    ) -> None:
+        """``pool``: a one-thread pool shared with other lanes, whose jobs then queue behind each other
+        (each lane still supersedes only its own); by default the lane has its own thread."""
         super().__init__(parent)
         self.name = name
-        self.pool = QtCore.QThreadPool(self)
-        self.pool.setMaxThreadCount(1)
+        if pool is None:
+            pool = QtCore.QThreadPool(self)
+            pool.setMaxThreadCount(1)
+        self.pool = pool
         self._generation = 0
         self._cancel: threading.Event | None = None
         self._user_cancel: threading.Event | None = None

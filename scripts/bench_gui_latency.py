@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.launch_args import LaunchRequest
 from tuckerscope.app.main_window import MainWindow
+from tuckerscope.core.cpu_memory import RELEASE_MEMORY_VARIABLE, retain_for_interactive_use
 
 SCHEDULE = (0.5, 0.2, 0.8, 0.3, 0.1)
 DRAG_STEPS = 5
@@ -99,6 +101,11 @@ def pump(app: QtWidgets.QApplication, condition: object, timeout: float) -> floa
     raise TimeoutError("the window did not get there in time")
 
 
+def current_rss_gb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**3
+
+
 def networks_built(window: MainWindow) -> bool:
     """Every compressed expert's network is built for the ranks now chosen."""
     return all(
@@ -118,6 +125,7 @@ def main() -> int:
     parser.add_argument("--trace-stalls", action="store_true", help="print thread stacks seen during stalls")
     args = parser.parse_args()
 
+    retained = retain_for_interactive_use()  # as run_app does
     app = QtWidgets.QApplication(sys.argv[:1])
     settings_dir = tempfile.mkdtemp(prefix="tuckerscope-bench-")
     settings = QtCore.QSettings(str(Path(settings_dir) / "settings.ini"), QtCore.QSettings.Format.IniFormat)
@@ -177,6 +185,11 @@ def main() -> int:
         f"event loop: longest stall {gaps[-1] * 1000:.0f} ms, 99th percentile "
         f"{gaps[int(0.99 * (len(gaps) - 1))] * 1000:.0f} ms over {len(gaps)} ticks "
         f"(load average {os.getloadavg()[0]:.1f})"
+    )
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(
+        f"memory: peak RSS {peak_gb:.2f} GB, now {current_rss_gb():.2f} GB "
+        f"(freed memory {'kept for reuse' if retained else 'handed back'}; {RELEASE_MEMORY_VARIABLE}=1 hands it back)"
     )
     if args.trace_stalls:
         tracer.report()

@@ -19,6 +19,7 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
 
 from tuckerscope.app.main_window import MainWindow  # noqa: E402
 from tuckerscope.app.screenshot import grab_window, image_spread, save_window  # noqa: E402
+from tuckerscope.app.workers import JobLane  # noqa: E402
 from tuckerscope.resources import DEMO_MODELS_DIR  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -117,6 +118,8 @@ def test_slider_drag_recompresses_and_updates_everything(qtbot, tiny_window):
         qtbot.wait(20)
     expert = window.session.experts["tinyorgans"]
     assert expert.df == pytest.approx(0.3)
+    compress_lanes = [lane for lane in window.findChildren(JobLane) if lane.name.startswith("compress")]
+    assert len(compress_lanes) == len(window.compress_lanes) <= len(window.session.experts)  # none per step
     window.heatmap_panel.show_expert("tinyorgans")
     second_layer = expert.engine.layers[1]
     assert window.heatmap_panel.marked_ranks(1) == expert.ranks()[second_layer.name]

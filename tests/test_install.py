@@ -17,14 +17,19 @@ def _console_script() -> Path:
 
 
 def test_console_script_reports_version():
-    result = subprocess.run([str(_console_script()), "--version"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(_console_script()), "--version"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("tuckerscope ")
 
 
 def test_unknown_subcommand_is_one_line_error():
     result = subprocess.run(
-        [sys.executable, "-m", "tuckerscope.core.cli", "no-such-command"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tuckerscope.core.cli", "no-such-command"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -34,7 +39,18 @@ def test_unknown_subcommand_is_one_line_error():
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO_DIR)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(REPO_DIR),
+        ],
         check=True,
         timeout=300,
     )
@@ -51,7 +67,9 @@ def test_wheel_holds_only_the_namespaced_package(wheel: Path):
 
 def test_wheel_ships_the_demo_models(wheel: Path):
     demo_dir = REPO_DIR / "resources" / "demo_models"
-    in_repo = {p.relative_to(demo_dir).as_posix() for p in demo_dir.rglob("*") if p.suffix in (".json", ".pth")}
+    in_repo = {
+        p.relative_to(demo_dir).as_posix() for p in demo_dir.rglob("*") if p.suffix in (".json", ".pth")
+    }
     assert any(n.endswith("checkpoint_final.pth") for n in in_repo), "no demo models in resources/demo_models"
     prefix = "tuckerscope/resources/demo_models/"
     in_wheel = {n[len(prefix) :] for n in zipfile.ZipFile(wheel).namelist() if n.startswith(prefix)}
