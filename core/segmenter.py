@@ -354,7 +354,6 @@ class Segmenter:
         """nnU-Net preprocessing of what SimpleITKIO would read from TS's temporary NIfTI (cached per expert)."""
         key = (*_expert_key(expert), recipe)
         if key not in self._prepared:
-            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
             from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
             grid = self._grid(recipe.resample_mm)
@@ -368,28 +367,7 @@ class Segmenter:
             data, _, properties = preprocessor.run_case_npy(
                 data, None, {"spacing": spacing}, plans_manager, configuration, expert.dataset_json
             )
-            with redirect_stdout(
-                io.StringIO()
-            ):  # it prints a notice about CUDA-only options on every CPU run
-                predictor = nnUNetPredictor(
-                    tile_step_size=recipe.tile_step_size,
-                    use_gaussian=True,
-                    use_mirroring=False,
-                    perform_everything_on_device=False,
-                    device=torch.device("cpu"),
-                    verbose=False,
-                    verbose_preprocessing=False,
-                    allow_tqdm=False,
-                )
-            predictor.manual_initialization(
-                expert.network,
-                plans_manager,
-                configuration,
-                None,
-                expert.dataset_json,
-                expert.trainer_name,
-                expert.mirroring_axes,
-            )
+            predictor = nnunet_predictor(expert, recipe.tile_step_size)
             tensor = torch.from_numpy(data).to(dtype=torch.float32, memory_format=torch.contiguous_format)
             self._prepared[key] = _Prepared(tensor, properties, predictor, recipe)
         return self._prepared[key]
@@ -456,6 +434,39 @@ class Segmenter:
             stop = (high[axis] - bbox[axis][0]) * scale[axis] + ROI_MARGIN_VOXELS * max(1.0, scale[axis])
             box.append((int(max(0, np.floor(start))), int(min(after[axis], np.ceil(stop)))))
         return box
+
+
+def nnunet_predictor(expert: LoadedExpert, tile_step_size: float = 0.5, with_weights: bool = False) -> Any:
+    """nnU-Net's own nnUNetPredictor around the expert's network, set up by manual_initialization.
+
+    No trainer lookup (it imports every trainer module), no mirroring, CPU. ``with_weights`` also hands it the
+    expert's state dict, for callers that run nnU-Net's whole predict path instead of the network directly.
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(expert.plans)
+    with redirect_stdout(io.StringIO()):  # it prints a notice about CUDA-only options on every CPU run
+        predictor = nnUNetPredictor(
+            tile_step_size=tile_step_size,
+            use_gaussian=True,
+            use_mirroring=False,
+            perform_everything_on_device=False,
+            device=torch.device("cpu"),
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+    predictor.manual_initialization(
+        expert.network,
+        plans_manager,
+        plans_manager.get_configuration(expert.spec.configuration),
+        [expert.network.state_dict()] if with_weights else None,
+        expert.dataset_json,
+        expert.trainer_name,
+        expert.mirroring_axes,
+    )
+    return predictor
 
 
 def segment_with_expert(

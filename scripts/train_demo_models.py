@@ -28,8 +28,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import contextlib
-import io
 import json
 import math
 import sys
@@ -43,6 +41,7 @@ import torch
 
 from tuckerscope.core.model_folder import build_network, load_expert, nnunet_checkpoint, spec_from_folder
 from tuckerscope.core.phantom import CLASS_GROUPS, CLASS_NAMES, DEFAULT_SHAPE, DEFAULT_SPACING, make_phantom
+from tuckerscope.core.segmenter import nnunet_predictor
 from tuckerscope.resources import DEMO_MODELS_DIR
 
 TRAIN_SEEDS = range(0, 128)
@@ -378,31 +377,7 @@ def write_expert_folder(
 
 def predict_with_nnunet(folder: Path, ct_xyz: np.ndarray, spacing_xyz: tuple[float, ...]) -> np.ndarray:
     """Labels (x, y, z) from nnU-Net's own predictor on the expert loaded through TuckerScope's loader."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    expert = load_expert(spec_from_folder(folder))
-    plans_manager = PlansManager(expert.plans)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints a CUDA-only notice on every CPU run
-        predictor = nnUNetPredictor(
-            tile_step_size=0.5,
-            use_gaussian=True,
-            use_mirroring=False,
-            perform_everything_on_device=False,
-            device=torch.device("cpu"),
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
-    predictor.manual_initialization(
-        expert.network,
-        plans_manager,
-        plans_manager.get_configuration("3d_fullres"),
-        [expert.network.state_dict()],
-        expert.dataset_json,
-        expert.trainer_name,
-        expert.mirroring_axes,
-    )
+    predictor = nnunet_predictor(load_expert(spec_from_folder(folder)), with_weights=True)
     image = ct_xyz.transpose(2, 1, 0)[None].astype(np.float32)
     segmentation = predictor.predict_single_npy_array(
         image, {"spacing": list(spacing_xyz[::-1])}, None, None, False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -19,7 +17,7 @@ from tuckerscope.core.model_folder import (
     spec_from_folder,
 )
 from tuckerscope.core.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, Phantom, make_phantom
-from tuckerscope.core.segmenter import segment_with_expert
+from tuckerscope.core.segmenter import nnunet_predictor, segment_with_expert
 from tuckerscope.resources import DEMO_MODELS_DIR
 
 UNSEEN_SEED = (
@@ -110,28 +108,9 @@ def test_expert_segments_an_unseen_phantom(folder, unseen_phantom):
 
 def test_nnunet_predictor_gives_the_same_labels_as_the_app(unseen_phantom):
     """nnU-Net's own manual_initialization + predict_single_npy_array path agrees with the segmenter."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     folder = next(f for f in FOLDERS if expert_name_from_folder(f) == "organs")
     expert = load_expert(spec_from_folder(folder))
-    plans_manager = PlansManager(expert.plans)
-    with contextlib.redirect_stdout(io.StringIO()):
-        predictor = nnUNetPredictor(
-            use_mirroring=False,
-            perform_everything_on_device=False,
-            device=torch.device("cpu"),
-            allow_tqdm=False,
-        )
-    predictor.manual_initialization(
-        expert.network,
-        plans_manager,
-        plans_manager.get_configuration("3d_fullres"),
-        [expert.network.state_dict()],
-        expert.dataset_json,
-        expert.trainer_name,
-        expert.mirroring_axes,
-    )
+    predictor = nnunet_predictor(expert, with_weights=True)
     image = unseen_phantom.ct.transpose(2, 1, 0)[None].astype(np.float32)
     spacing_zyx = list(unseen_phantom.spacing[::-1])
     nnunet_labels = predictor.predict_single_npy_array(image, {"spacing": spacing_zyx}, None, None, False)
