@@ -43,13 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "C, per channel mode) and report parameters and FLOPs before and after.",
     )
     add_model_argument(parser)
-    parser.add_argument(
-        "--df",
-        action="append",
-        default=[],
-        metavar="DF|EXPERT=DF",
-        help="decomposition factor for every expert, or EXPERT=DF for one (repeatable)",
-    )
+    add_df_argument(parser)
     parser.add_argument(
         "--ev",
         type=float,
@@ -84,6 +78,18 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         help="a TotalSegmentator home, an nnU-Net v2 results folder (or a folder of them), or 'demo'",
+    )
+
+
+def add_df_argument(parser: argparse.ArgumentParser) -> None:
+    """--df as compress, segment and eval take it (parsed by ranks.parse_df_options)."""
+    parser.add_argument(
+        "--df",
+        action="append",
+        default=[],
+        metavar="DF|EXPERT=DF",
+        help="downsampling factor in [0.01, 1] for every expert, or EXPERT=DF for one (repeatable; "
+        "ranks ceil(C x DF), at least 8, at most C)",
     )
 
 

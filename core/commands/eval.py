@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from tuckerscope.core.case_run import CaseResult, load_ground_truth, run_case
+from tuckerscope.core.commands.compress import add_df_argument
 from tuckerscope.core.commands.segment import TerminalProgress, parse_dfs
 from tuckerscope.core.deliverables import ExportBundle, write_bundle
 from tuckerscope.core.errors import UserError
@@ -41,13 +42,7 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", help="nnU-Net v2 results folder (or a folder of them), or 'demo' for the demo models"
     )
     parser.add_argument("--ts-home", type=Path, help="TotalSegmentator home (default: TOTALSEG_HOME_DIR)")
-    parser.add_argument(
-        "--df",
-        action="append",
-        default=[],
-        metavar="DF|EXPERT=DF",
-        help="Tucker decomposition factor in (0, 1] for all experts, or for one expert (repeatable)",
-    )
+    add_df_argument(parser)
     parser.add_argument("--gt", type=Path, metavar="LABELS", help="ground-truth label map on the CT's grid")
     parser.add_argument(
         "--tolerance",

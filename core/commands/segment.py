@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tuckerscope.core.commands.compress import add_df_argument
 from tuckerscope.core.errors import UserError
 from tuckerscope.core.model_folder import LoadedExpert
 from tuckerscope.core.model_sources import TASK_NAMES, ModelSource, resolve_source
@@ -59,13 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR or ~/.totalsegmentator)",
     )
-    parser.add_argument(
-        "--df",
-        action="append",
-        default=[],
-        metavar="DF|EXPERT=DF",
-        help="Tucker decomposition factor in (0, 1] for all experts, or for one expert (repeatable)",
-    )
+    add_df_argument(parser)
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 is the reference")
     parser.add_argument(
