@@ -136,11 +136,13 @@ def run_segmentation(
     located = not any(run.need_original for run in plan.runs)  # class positions already known
     networks: dict[str, nn.Module] = {}
     work = [(run, side) for side in ("original", "compressed") for run in plan.runs if _needs(run, side)]
-    # A slab that needs every tile of an expert costs a whole pass; that expert goes straight to the volume.
-    slab_work = [(run, side) for run, side in work if plan.roi is not None and not _slab_is_whole(plan, run)]
-    stages = (["slab"] if slab_work else []) + ["volume"]
-    steps = max(len(work) + len(slab_work), 1)
+    stages = (["slab"] if plan.roi is not None else []) + ["volume"]
+    steps = max(len(work) * len(stages), 1)
     done_steps = 0
+    # A slab that needs every tile of an expert costs a whole pass; that expert goes straight to the volume.
+    # Decided when the slab stage reaches the expert (it needs the preprocessed input, which a cancel interrupts).
+    slab_is_whole: dict[str, bool] = {}
+    slab_ran = False
 
     def original_cancel() -> bool:
         return user_cancel.is_set()
@@ -187,9 +189,19 @@ def run_segmentation(
         if stage == "slab" and compressed_cancel():
             continue  # superseded: nobody will see this slab, go straight to the cached originals
         roi = plan.roi if stage == "slab" else None
-        for run, side in slab_work if stage == "slab" else work:
+        for run, side in work:
             if side == "compressed" and compressed_cancel():
                 continue  # dropped; the originals still finish, they are cached for the next request
+            if roi is not None:
+                cancel = original_cancel if side == "original" else compressed_cancel
+                if run.name not in slab_is_whole:
+                    slab_is_whole[run.name] = plan.segmenter.roi_needs_every_tile(
+                        run.expert, roi, cancel=cancel
+                    )
+                if slab_is_whole[run.name]:
+                    done_steps += 1
+                    continue
+                slab_ran = True
             label = f"{run.name} {side}" + (f" ({plan.roi_description})" if roi is not None else "")
             if side == "original":
                 labels = _segment(plan, run, None, roi, report_for(label), original_cancel)
@@ -211,16 +223,11 @@ def run_segmentation(
                 if roi is None:
                     complete.add(run.name)
             done_steps += 1
-        if stage == "slab" and not compressed_cancel():
+        if stage == "slab" and slab_ran and not compressed_cancel():
             partial(update("slab", False, f"{plan.roi_description} updated, rest of the volume filling in"))
     if compressed_cancel():
         raise Cancelled("superseded by a newer request")
     return update("volume", True, "whole volume updated")
-
-
-def _slab_is_whole(plan: SegmentationPlan, run: ExpertRun) -> bool:
-    assert plan.roi is not None
-    return plan.segmenter.roi_needs_every_tile(run.expert, plan.roi, plan.options)
 
 
 def _needs(run: ExpertRun, side: str) -> bool:

@@ -293,17 +293,22 @@ class Segmenter:
         self,
         expert: LoadedExpert,
         roi: Roi,
-        options: InferenceOptions | None = None,
         recipe: Recipe | None = None,
+        cancel: CancelSignal = None,
     ) -> bool:
         """True when the ROI touches every sliding-window tile: a ROI-first pass would then cost a whole pass.
 
         Small volumes (one tile, as the demo) and slabs across a few tiles gain nothing from the ROI pass.
-        Needs the expert's preprocessed input (cached, as every later pass uses it).
+        Needs the expert's preprocessed input (cached, as every later pass uses it); a cancel while the model
+        grid is being computed raises Cancelled at once, as segment_roi_first does.
         """
         from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
-        prepared = self._prepare(expert, recipe or recipe_for(expert))
+        recipe = recipe or recipe_for(expert)
+        should_cancel = _cancel_checker(cancel)
+        self._grid_unless_cancelled(recipe.resample_mm, should_cancel)
+        prepared = self._prepare(expert, recipe)
+        _stop_if(should_cancel)
         patch_size = tuple(int(p) for p in prepared.predictor.configuration_manager.patch_size)
         # the same padding nnU-Net applies, worked out on a shape-only tensor: no copy of the data
         padded, revert_padding = pad_nd_image(
