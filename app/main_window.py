@@ -34,6 +34,7 @@ from tuckerscope.app.sweep_panel import SweepPanel
 from tuckerscope.app.timing_panel import TimingPanel
 from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
+from tuckerscope.core.collector import settle_after_load
 from tuckerscope.core.cpu_memory import retain_for_interactive_use
 from tuckerscope.core.deliverables import ExportBundle
 from tuckerscope.core.errors import UserError
@@ -158,6 +159,9 @@ class MainWindow(QtWidgets.QMainWindow):
         for name, lane in self.lanes.items():
             self.progress_status.watch(lane, cancellable=name in CANCELLABLE_LANES)
         self.debounce = QtCore.QTimer(self, singleShot=True, interval=SEGMENT_DEBOUNCE_MS)
+        # once per load (one collection on the UI thread, ~0.3 s): no full GC pauses during the drags after it
+        self.settle_timer = QtCore.QTimer(self, singleShot=True, interval=0)
+        self.settle_timer.timeout.connect(settle_after_load)
         self.debounce.timeout.connect(self.refresh_segmentation)
 
     def _build_menus(self) -> None:
@@ -368,6 +372,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ----- session events ------------------------------------------------------------------------------------
     def _on_volume_changed(self) -> None:
+        self.settle_timer.start()
         volume = self.session.volume
         self.setWindowTitle(f"TuckerScope — {volume.name}")
         self.slice_view.set_ct(volume.display_ct, volume.grid.display_spacing)
@@ -375,6 +380,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.schedule_segmentation(immediately=True)
 
     def _on_experts_changed(self) -> None:
+        self.settle_timer.start()
         session = self.session
         self.networks.clear()
         saved = self._saved_dfs(session.model_source)

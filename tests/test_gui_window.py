@@ -3,6 +3,7 @@ settings, event-loop stalls, and screenshots of the demo at DF 0.2 (3D views rea
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -331,6 +332,7 @@ def test_demo_screenshot_at_df_0_2_shows_degraded_compression(qtbot, demo_window
 def test_body_wall_shells_come_back_in_3d_on_request(qtbot, demo_window):
     window = demo_window
     wait_idle(qtbot, window)
+    assert gc.get_freeze_count() > 0, "the loaded session should be frozen out of full collections"
     body_wall = {info.label for info in window.session.classes if info.wraps_the_body}
     original_3d = window.surface_view.original_view
     assert original_3d.actors and not body_wall & set(original_3d.actors)
