@@ -264,9 +264,7 @@ class Segmenter:
         report = _Progress(progress)
         should_cancel = _cancel_checker(cancel)
         report(0.0, f"{expert.name}: preparing input")
-        self._grid_unless_cancelled(recipe.resample_mm, should_cancel)
-        prepared = self._prepare(expert, recipe)
-        _stop_if(should_cancel)
+        prepared = self._prepare_unless_cancelled(expert, recipe, should_cancel)
         # With roi_only no full pass follows to reuse tile outputs: caching them would only hold memory.
         run_options = replace(options, tile_cache_bytes=0) if roi_only else options
         run = _TileRun(prepared, network or expert.network, run_options, should_cancel, is_original)
@@ -302,19 +300,13 @@ class Segmenter:
         Needs the expert's preprocessed input (cached, as every later pass uses it); a cancel while the model
         grid is being computed raises Cancelled at once, as segment_roi_first does.
         """
-        from acvl_utils.cropping_and_padding.padding import pad_nd_image
-
-        recipe = recipe or recipe_for(expert)
-        should_cancel = _cancel_checker(cancel)
-        self._grid_unless_cancelled(recipe.resample_mm, should_cancel)
-        prepared = self._prepare(expert, recipe)
-        _stop_if(should_cancel)
-        patch_size = tuple(int(p) for p in prepared.predictor.configuration_manager.patch_size)
-        # the same padding nnU-Net applies, worked out on a shape-only tensor: no copy of the data
-        padded, revert_padding = pad_nd_image(
-            torch.empty(prepared.data.shape, device="meta"), patch_size, "constant", {"value": 0}, True, None
+        prepared = self._prepare_unless_cancelled(
+            expert, recipe or recipe_for(expert), _cancel_checker(cancel)
         )
-        slicers = prepared.predictor._internal_get_sliding_window_slicers(padded.shape[1:])
+        # the same padding nnU-Net applies, worked out on a shape-only tensor: no copy of the data
+        _, _, revert_padding, slicers = _sliding_window(
+            prepared, torch.empty(prepared.data.shape, device="meta")
+        )
         box = self._roi_box_in_model(check_roi(roi, self.shape), prepared)
         return len(_tiles_touching(slicers, revert_padding, box)) == len(slicers)
 
@@ -335,6 +327,14 @@ class Segmenter:
             if resample_mm not in self._grid_jobs:
                 self._grid_jobs[resample_mm] = _RESAMPLING.submit(self._grid, resample_mm)
             _wait_unless_cancelled(self._grid_jobs[resample_mm], should_cancel)
+
+    def _prepare_unless_cancelled(
+        self, expert: LoadedExpert, recipe: Recipe, should_cancel: Callable[[], bool]
+    ) -> _Prepared:
+        self._grid_unless_cancelled(recipe.resample_mm, should_cancel)
+        prepared = self._prepare(expert, recipe)
+        _stop_if(should_cancel)
+        return prepared
 
     def _grid(self, resample_mm: float | None) -> _ModelGrid:
         """TS: as_closest_canonical, then change_spacing(order=1, dtype=int32) when the task resamples."""
@@ -516,19 +516,14 @@ class _TileRun:
         should_cancel: Callable[[], bool],
         original: bool = True,
     ) -> None:
-        from acvl_utils.cropping_and_padding.padding import pad_nd_image
-
         self.prepared = prepared
         self.network = network
         self.options = options
         self.should_cancel = should_cancel
         self.channels_last = options.uses_channels_last(original)
-        predictor = prepared.predictor
-        self.patch_size = tuple(int(p) for p in predictor.configuration_manager.patch_size)
-        self.padded, self.revert_padding = pad_nd_image(
-            prepared.data, self.patch_size, "constant", {"value": 0}, True, None
+        self.patch_size, self.padded, self.revert_padding, self.slicers = _sliding_window(
+            prepared, prepared.data
         )
-        self.slicers = predictor._internal_get_sliding_window_slicers(self.padded.shape[1:])
         self.cache: dict[int, torch.Tensor] = {}
         self.cache_bytes = 0
 
@@ -629,6 +624,19 @@ class _TileRun:
                 network.to(memory_format=torch.contiguous_format)
             network.to("cpu")
             torch.set_num_threads(threads)
+
+
+def _sliding_window(
+    prepared: _Prepared, data: torch.Tensor
+) -> tuple[tuple[int, ...], torch.Tensor, tuple[slice, ...], list[tuple[slice, ...]]]:
+    """nnU-Net's tiling of ``data`` (the prepared input, or a shape-only stand-in of it): the patch size, the
+    padded array, the slices that undo the padding and every tile's slices."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    patch_size = tuple(int(p) for p in prepared.predictor.configuration_manager.patch_size)
+    padded, revert_padding = pad_nd_image(data, patch_size, "constant", {"value": 0}, True, None)
+    slicers = prepared.predictor._internal_get_sliding_window_slicers(padded.shape[1:])
+    return patch_size, padded, revert_padding, slicers
 
 
 def _tiles_touching(
