@@ -421,8 +421,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._update_compressed_titles()
         self.statusBar().showMessage(update.description, 5000)
         if update.stage == "volume":  # 3D follows whole-volume results only: each redraw costs the UI thread
-            self._start_surfaces("original", session.display_original)
-            self._start_surfaces("compressed", session.display_compressed)
+            self._start_both_surfaces()
         if update.done and update.positions is not None:  # originals just became whole: sweeps may start
             self._prepare_sweep()
         if update.done and session.compressed_is_current():
@@ -573,6 +572,9 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_body_wall_toggled(self, shown: bool) -> None:
         self.settings.setValue("view/body_wall_in_3d", shown)
         self._surfaces_source.clear()
+        self._start_both_surfaces()
+
+    def _start_both_surfaces(self) -> None:
         self._start_surfaces("original", self.session.display_original)
         self._start_surfaces("compressed", self.session.display_compressed)
 

@@ -11,7 +11,7 @@ from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
 from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
 
-from tuckerscope.core.surfaces import LabelMeshes, extract_label_meshes
+from tuckerscope.core.surfaces import LabelMeshes
 
 
 def to_polydata(meshes: LabelMeshes) -> dict[int, vtkPolyData]:
@@ -36,10 +36,3 @@ def to_polydata(meshes: LabelMeshes) -> dict[int, vtkPolyData]:
         part.SetPolys(cells)
         surfaces[label] = part
     return surfaces
-
-
-def extract_label_surfaces(
-    labels: np.ndarray, spacing: tuple[float, float, float], **options: int
-) -> dict[int, vtkPolyData]:
-    """Extraction and conversion in the calling thread (tests, scripts); the window extracts out of process."""
-    return to_polydata(extract_label_meshes(labels, spacing, **options))

@@ -12,7 +12,7 @@ import importlib
 import multiprocessing
 import threading
 from collections.abc import Callable
-from multiprocessing.pool import Pool
+from multiprocessing.pool import AsyncResult, Pool
 from typing import Any
 
 from tuckerscope.core.errors import Cancelled
@@ -29,10 +29,7 @@ class IsolatedRunner:
 
     def run(self, function: Callable[..., Any], *args: Any, cancel: threading.Event | None = None) -> Any:
         """``function(*args)`` in the worker process; raises Cancelled (and kills the process) on cancel."""
-        with self._lock:
-            if self._pool is None:
-                self._pool = multiprocessing.get_context("spawn").Pool(processes=1)
-            pending = self._pool.apply_async(function, args)
+        pending = self._submit(function, args)
         while True:
             try:
                 return pending.get(timeout=POLL_SECONDS)
@@ -43,10 +40,14 @@ class IsolatedRunner:
 
     def warm_up(self, module: str) -> None:
         """Start the process now and import ``module`` there, so the first real call does not pay for both."""
+        self._submit(importlib.import_module, (module,))
+
+    def _submit(self, function: Callable[..., Any], args: tuple[Any, ...]) -> AsyncResult:
+        """Queue a call, starting the process first if there is none (or the last one was cancelled)."""
         with self._lock:
             if self._pool is None:
                 self._pool = multiprocessing.get_context("spawn").Pool(processes=1)
-            self._pool.apply_async(importlib.import_module, (module,))
+            return self._pool.apply_async(function, args)
 
     def close(self) -> None:
         with self._lock:

@@ -17,9 +17,10 @@ from tuckerscope.app.experts_panel import ClassEntry, ExpertEntry, ExpertsPanel 
 from tuckerscope.app.heatmap_panel import HeatmapPanel, LayerHeatmap, rank_at  # noqa: E402
 from tuckerscope.app.slice_views import PLANES, SlicePairView, difference_rgba, plane_image  # noqa: E402
 from tuckerscope.app.style import ONLY_COMPRESSED_RGB, ONLY_ORIGINAL_RGB, label_lut  # noqa: E402
-from tuckerscope.app.surfaces import extract_label_surfaces  # noqa: E402
+from tuckerscope.app.surfaces import to_polydata  # noqa: E402
 from tuckerscope.app.workers import JobCallbacks, JobLane  # noqa: E402
 from tuckerscope.core.errors import Cancelled  # noqa: E402
+from tuckerscope.core.surfaces import extract_label_meshes  # noqa: E402
 
 NAMES = {1: "liver", 2: "spleen"}
 COLOURS = {1: (220, 100, 80), 2: (80, 200, 90)}
@@ -184,8 +185,8 @@ def test_surfaces_one_per_class_including_shared_faces():
     labels = np.zeros((30, 30, 30), np.uint8)
     labels[5:15, 5:15, 5:15] = 3
     labels[15:25, 5:15, 5:15] = 7
-    surfaces = extract_label_surfaces(labels, (1.0, 2.0, 3.0))
+    surfaces = to_polydata(extract_label_meshes(labels, (1.0, 2.0, 3.0)))
     assert set(surfaces) == {3, 7}
     # each cube is closed: 6 faces of 10x10 quads, 2 triangles each, the shared face in both
     assert all(s.GetNumberOfCells() == 1200 for s in surfaces.values())
-    assert extract_label_surfaces(np.zeros((4, 4, 4), np.uint8), (1, 1, 1)) == {}
+    assert to_polydata(extract_label_meshes(np.zeros((4, 4, 4), np.uint8), (1, 1, 1))) == {}
