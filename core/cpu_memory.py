@@ -55,3 +55,12 @@ def retain_for_interactive_use() -> bool:
     if os.environ.get(RELEASE_MEMORY_VARIABLE, "").strip() in ("1", "true", "yes"):
         return False
     return retain_freed_memory()
+
+
+def process_memory_kb(field: str) -> int:
+    """A memory field of this process's /proc/self/status (VmRSS now, VmHWM peak) in kB; Linux only, no psutil."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,11 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.launch_args import LaunchRequest
 from tuckerscope.app.main_window import MainWindow
-from tuckerscope.core.cpu_memory import RELEASE_MEMORY_VARIABLE, retain_for_interactive_use
+from tuckerscope.core.cpu_memory import (
+    RELEASE_MEMORY_VARIABLE,
+    process_memory_kb,
+    retain_for_interactive_use,
+)
 
 SCHEDULE = (0.5, 0.2, 0.8, 0.3, 0.1)
 DRAG_STEPS = 5
@@ -99,11 +102,6 @@ def pump(app: QtWidgets.QApplication, condition: object, timeout: float) -> floa
             return time.perf_counter()
         time.sleep(0.001)
     raise TimeoutError("the window did not get there in time")
-
-
-def current_rss_gb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**3
 
 
 def networks_built(window: MainWindow) -> bool:
@@ -186,9 +184,9 @@ def main() -> int:
         f"{gaps[int(0.99 * (len(gaps) - 1))] * 1000:.0f} ms over {len(gaps)} ticks "
         f"(load average {os.getloadavg()[0]:.1f})"
     )
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    peak_gb, now_gb = (process_memory_kb(field) / 1024**2 for field in ("VmHWM", "VmRSS"))
     print(
-        f"memory: peak RSS {peak_gb:.2f} GB, now {current_rss_gb():.2f} GB "
+        f"memory: peak RSS {peak_gb:.2f} GB, now {now_gb:.2f} GB "
         f"(freed memory {'kept for reuse' if retained else 'handed back'}; {RELEASE_MEMORY_VARIABLE}=1 hands it back)"
     )
     if args.trace_stalls:

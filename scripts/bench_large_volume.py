@@ -29,17 +29,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tuckerscope.core.cpu_memory import process_memory_kb
+
 REPO = Path(__file__).resolve().parents[1]
 RSS_LIMIT_GB = 8.0
 CANCEL_LIMIT_S = 2.0
-
-
-def status_kb(field: str) -> int:
-    """A /proc/self/status memory field (VmRSS, VmHWM) in kB; Linux only, no psutil needed."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def gb(kb: int) -> float:
@@ -114,7 +108,7 @@ class ProgressLog:
         if fraction >= self.next and not self.quiet:
             elapsed = time.perf_counter() - self.started
             print(
-                f"  {fraction * 100:5.1f}%  {elapsed:7.1f} s  RSS {gb(status_kb('VmRSS')):5.2f} GB  {message}"
+                f"  {fraction * 100:5.1f}%  {elapsed:7.1f} s  RSS {gb(process_memory_kb('VmRSS')):5.2f} GB  {message}"
             )
             self.next = fraction + self.step
 
@@ -133,7 +127,7 @@ class RssSampler:
         while not self.stop.wait(self.interval):
             stage = self.progress.last_message.split(": ")[-1].split(" ")[0] or "start"
             label = f"{self.progress.last_message.split(':')[0]} / {stage}"
-            self.peaks[label] = max(self.peaks.get(label, 0.0), gb(status_kb("VmRSS")))
+            self.peaks[label] = max(self.peaks.get(label, 0.0), gb(process_memory_kb("VmRSS")))
 
     def __enter__(self) -> RssSampler:
         self.thread.start()
@@ -242,18 +236,20 @@ def main() -> int:
         print(f"writing a synthetic {shape} CT at {spacing} mm and a random-weight TS home (task 297)")
         ct_path = write_ct(work, shape, spacing)
         home = build_random_ts_home(work / "ts_home", task_ids=(297,))
-        baseline = status_kb("VmRSS")
-        print(f"RSS before the pipeline: {gb(baseline):.2f} GB (peak so far {gb(status_kb('VmHWM')):.2f} GB)")
+        baseline = process_memory_kb("VmRSS")
+        print(
+            f"RSS before the pipeline: {gb(baseline):.2f} GB (peak so far {gb(process_memory_kb('VmHWM')):.2f} GB)"
+        )
 
         timings: dict[str, float] = {}
         session = build_session(ct_path, home, args.df, timings)
-        print(f"loaded and factorised; peak RSS so far {gb(status_kb('VmHWM')):.2f} GB")
+        print(f"loaded and factorised; peak RSS so far {gb(process_memory_kb('VmHWM')):.2f} GB")
         progress = ProgressLog()
         with RssSampler(progress) as sampler:
             timings["segment (slab, then whole volume; original + compressed)"] = segment_whole(
                 session, progress
             )
-        peak = gb(status_kb("VmHWM"))
+        peak = gb(process_memory_kb("VmHWM"))
 
         print("\n== large volume ==")
         print(f"CT {shape} at {spacing} mm ({np.prod(shape) / 1e6:.0f} M voxels), DF {args.df}")
@@ -287,7 +283,7 @@ def main() -> int:
                 figures["cancel_latency_s"][label] = latency
                 verdict = "OK" if latency <= CANCEL_LIMIT_S else "TOO SLOW"
                 print(f"  cancel {label}: {latency:.2f} s [{verdict}: limit {CANCEL_LIMIT_S:g} s] -> {where}")
-            print(f"  peak RSS after the cancel runs: {gb(status_kb('VmHWM')):.2f} GB")
+            print(f"  peak RSS after the cancel runs: {gb(process_memory_kb('VmHWM')):.2f} GB")
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +29,7 @@ from test_gui_window import IDLE_TIMEOUT_MS, make_settings, small_ct, tiny_model
 
 from tuckerscope.app.main_window import MainWindow  # noqa: E402
 from tuckerscope.app.slice_views import PLANES, plane_image  # noqa: E402
+from tuckerscope.core.cpu_memory import process_memory_kb  # noqa: E402
 from tuckerscope.core.segmenter import Segmenter  # noqa: E402
 
 REFUSED = [case for case in CASES if case.refused]
@@ -51,11 +51,7 @@ def window(qtbot, tmp_path):
 
 
 def vm_rss_mb() -> float:
-    """This process's resident memory (Linux /proc; psutil is not a dependency)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("VmRSS not in /proc/self/status")
+    return process_memory_kb("VmRSS") / 1024
 
 
 def state_of(window: MainWindow) -> tuple[object, ...]:
