@@ -34,25 +34,25 @@ from tuckerscope.app.sweep_panel import SweepPanel
 from tuckerscope.app.timing_panel import TimingPanel
 from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
-from tuckerscope.core.collector import settle_after_load
-from tuckerscope.core.cpu_memory import retain_for_interactive_use
-from tuckerscope.core.deliverables import ExportBundle
-from tuckerscope.core.errors import UserError
-from tuckerscope.core.isolated import IsolatedRunner
-from tuckerscope.core.live_segmentation import RankKey, SegmentationUpdate, run_segmentation
-from tuckerscope.core.model_sources import TS_TASKS
-from tuckerscope.core.segmenter import InferenceOptions, Segmenter
-from tuckerscope.core.session import AgreementResult, CaseVolume, ExpertModel, Session, ts_tasks_in
-from tuckerscope.core.session_export import session_bundle, session_sweep_backend
-from tuckerscope.core.session_jobs import (
+from tuckerscope.core.evaluation.timing import ForwardSetup
+from tuckerscope.core.models.model_sources import TS_TASKS
+from tuckerscope.core.outputs.deliverables import ExportBundle
+from tuckerscope.core.outputs.surfaces import SMOOTHING_ITERATIONS, LabelMeshes, extract_label_meshes
+from tuckerscope.core.runtime.collector import settle_after_load
+from tuckerscope.core.runtime.errors import UserError
+from tuckerscope.core.runtime.memory import retain_for_interactive_use
+from tuckerscope.core.runtime.processes import IsolatedRunner
+from tuckerscope.core.segmentation.live_segmentation import RankKey, SegmentationUpdate, run_segmentation
+from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter
+from tuckerscope.core.session.export import session_bundle, session_sweep_backend
+from tuckerscope.core.session.jobs import (
     CompressionResult,
     TimingResult,
     compression_job,
     heatmaps_job,
     timing_job,
 )
-from tuckerscope.core.surfaces import SMOOTHING_ITERATIONS, LabelMeshes, extract_label_meshes
-from tuckerscope.core.timing import ForwardSetup
+from tuckerscope.core.session.session import AgreementResult, CaseVolume, ExpertModel, Session, ts_tasks_in
 
 ORGANISATION = "TuckerScope"
 APPLICATION = "TuckerScope"
@@ -103,7 +103,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._surfaces_source: dict[str, int] = {}
         self.isolated = IsolatedRunner()  # agreement scoring: its library holds the GIL for seconds
         self.surface_process = IsolatedRunner()  # VTK's filters hold the GIL for their whole run
-        self.surface_process.warm_up("tuckerscope.core.surfaces")
+        self.surface_process.warm_up("tuckerscope.core.outputs.surfaces")
         self.error_box: QtWidgets.QMessageBox | None = None  # the last error dialog (tests look at it)
         self.warning_box: QtWidgets.QMessageBox | None = None
         self._build_views()
@@ -228,7 +228,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def open_phantom(self, seed: int) -> None:
         def job(context: JobContext) -> tuple[CaseVolume, Segmenter]:
-            from tuckerscope.core.phantom import make_phantom
+            from tuckerscope.core.imaging.phantom import make_phantom
 
             context.progress(0.1, f"generating phantom (seed {seed})")
             phantom = make_phantom(seed)
@@ -249,7 +249,7 @@ class MainWindow(QtWidgets.QMainWindow):
         path = Path(path)
 
         def job(context: JobContext) -> tuple[CaseVolume, Segmenter, list[str]]:
-            from tuckerscope.core.volume import load_volume
+            from tuckerscope.core.imaging.volume import load_volume
 
             context.progress(0.1, f"reading {path.name}")
             volume = load_volume(path)
@@ -273,7 +273,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def open_models(self, source: str) -> None:
         def job(context: JobContext) -> tuple[list[ExpertModel], str]:
-            from tuckerscope.core.session import load_expert_models, resolve_model_source
+            from tuckerscope.core.session.session import load_expert_models, resolve_model_source
 
             context.progress(0.0, f"finding the experts of {source}")
             return load_expert_models(resolve_model_source(source), context.progress, context.cancel), source

@@ -19,8 +19,15 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.style import configure_pyqtgraph
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
-from tuckerscope.core.metrics import DEFAULT_TOLERANCE_MM
-from tuckerscope.core.sweep import DEFAULT_GRID, SweepBackend, SweepError, SweepPoint, SweepResult, run_sweep
+from tuckerscope.core.evaluation.metrics import DEFAULT_TOLERANCE_MM
+from tuckerscope.core.evaluation.sweep import (
+    DEFAULT_GRID,
+    SweepBackend,
+    SweepError,
+    SweepPoint,
+    SweepResult,
+    run_sweep,
+)
 
 METRICS: dict[str, str] = {
     "Dice, mean": "mean_dice",

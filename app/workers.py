@@ -18,7 +18,7 @@ from typing import Any
 
 from pyqtgraph.Qt import QtCore
 
-from tuckerscope.core.errors import Cancelled
+from tuckerscope.core.runtime.errors import Cancelled
 
 
 @dataclass

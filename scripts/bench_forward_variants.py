@@ -26,12 +26,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ts_home import ts_results_folder  # noqa: E402
-from tuckerscope.core.counting import count_network  # noqa: E402
-from tuckerscope.core.cpu_memory import retain_freed_memory  # noqa: E402
-from tuckerscope.core.model_folder import build_network  # noqa: E402
-from tuckerscope.core.ranks import df_ranks, ranks_of  # noqa: E402
-from tuckerscope.core.timing import ForwardSetup, compare_forward, prepared_copy, profile_layers  # noqa: E402
-from tuckerscope.core.tucker import TuckerEngine, with_plain_convs  # noqa: E402
+from tuckerscope.core.compression.counting import count_network  # noqa: E402
+from tuckerscope.core.compression.ranks import df_ranks, ranks_of  # noqa: E402
+from tuckerscope.core.compression.tucker import TuckerEngine, with_plain_convs  # noqa: E402
+from tuckerscope.core.evaluation.timing import ForwardSetup, compare_forward, prepared_copy, profile_layers  # noqa: E402
+from tuckerscope.core.models.model_folder import build_network  # noqa: E402
+from tuckerscope.core.runtime.memory import retain_freed_memory  # noqa: E402
 
 VARIANTS = ("original", "original-cl", "paper", "onednn", "fused", "fused-r16")
 

@@ -31,7 +31,7 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.launch_args import LaunchRequest
 from tuckerscope.app.main_window import MainWindow
-from tuckerscope.core.cpu_memory import (
+from tuckerscope.core.runtime.memory import (
     RELEASE_MEMORY_VARIABLE,
     process_memory_kb,
     retain_for_interactive_use,

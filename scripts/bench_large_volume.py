@@ -29,7 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tuckerscope.core.cpu_memory import process_memory_kb
+from tuckerscope.core.runtime.memory import process_memory_kb
 
 REPO = Path(__file__).resolve().parents[1]
 RSS_LIMIT_GB = 8.0
@@ -140,8 +140,8 @@ class RssSampler:
 
 def build_session(ct_path: Path, ts_home: Path, df: float, timings: dict[str, float]) -> object:
     """The window's steps up to the first segmentation request, each one timed."""
-    from tuckerscope.core.session import CaseVolume, Session, load_expert_models, resolve_model_source
-    from tuckerscope.core.volume import load_volume
+    from tuckerscope.core.imaging.volume import load_volume
+    from tuckerscope.core.session.session import CaseVolume, Session, load_expert_models, resolve_model_source
 
     start = time.perf_counter()
     volume = load_volume(ct_path)
@@ -162,7 +162,7 @@ def build_session(ct_path: Path, ts_home: Path, df: float, timings: dict[str, fl
 
 def segment_whole(session: object, progress: Callable[[float, str], None]) -> float:
     """plan (slab around the middle axial slice first) -> run -> apply, as MainWindow.refresh_segmentation does."""
-    from tuckerscope.core.live_segmentation import run_segmentation
+    from tuckerscope.core.segmentation.live_segmentation import run_segmentation
 
     start = time.perf_counter()
     axial = 2
@@ -178,8 +178,8 @@ def segment_whole(session: object, progress: Callable[[float, str], None]) -> fl
 def measure_cancel(session: object, wait_for_tiles: bool, delay: float) -> tuple[float, str]:
     """Start a fresh refresh in a worker thread, cancel it after ``delay`` s (counted from the first tile if
     ``wait_for_tiles``), and return how long the worker took to stop and where it was."""
-    from tuckerscope.core.errors import Cancelled
-    from tuckerscope.core.live_segmentation import run_segmentation
+    from tuckerscope.core.runtime.errors import Cancelled
+    from tuckerscope.core.segmentation.live_segmentation import run_segmentation
 
     session.set_volume(session.volume)  # a new Segmenter: nothing cached, the full pipeline runs again
     progress = ProgressLog(quiet=True)

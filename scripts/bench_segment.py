@@ -124,7 +124,7 @@ def ts_cli() -> str:
 
 def app_cli() -> list[str]:
     found = shutil.which("tuckerscope") or str(Path(sys.executable).parent / "tuckerscope")
-    return [found] if Path(found).exists() else [sys.executable, "-m", "tuckerscope.app.launcher"]
+    return [found] if Path(found).exists() else [sys.executable, "-m", "tuckerscope.launcher"]
 
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:

@@ -39,9 +39,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuckerscope.core.model_folder import build_network, load_expert, nnunet_checkpoint, spec_from_folder
-from tuckerscope.core.phantom import CLASS_GROUPS, CLASS_NAMES, DEFAULT_SHAPE, DEFAULT_SPACING, make_phantom
-from tuckerscope.core.segmenter import nnunet_predictor
+from tuckerscope.core.imaging.phantom import (
+    CLASS_GROUPS,
+    CLASS_NAMES,
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    make_phantom,
+)
+from tuckerscope.core.models.model_folder import (
+    build_network,
+    load_expert,
+    nnunet_checkpoint,
+    spec_from_folder,
+)
+from tuckerscope.core.segmentation.segmenter import nnunet_predictor
 from tuckerscope.resources import DEMO_MODELS_DIR
 
 TRAIN_SEEDS = range(0, 128)
@@ -211,7 +222,7 @@ def make_dataset_json(expert: DemoExpert) -> dict[str, Any]:
         "numTraining": len(TRAIN_SEEDS),
         "file_ending": ".nii.gz",
         "name": expert.dataset_name,
-        "description": "TuckerScope demo expert trained on procedural torso phantoms (tuckerscope.core.phantom)",
+        "description": "TuckerScope demo expert trained on procedural torso phantoms (tuckerscope.core.imaging.phantom)",
         "training_phantom_seeds": [TRAIN_SEEDS.start, TRAIN_SEEDS.stop],
     }
 

@@ -23,10 +23,7 @@ import numpy as np
 import torch
 
 from tiny_model import tiny_dataset_json, tiny_plans, write_tiny_model
-from tuckerscope.core.errors import UserError
-from tuckerscope.core.model_folder import ModelFolderError
-from tuckerscope.core.model_sources import ModelSourceError
-from tuckerscope.core.volume import (
+from tuckerscope.core.imaging.volume import (
     CorruptVolumeError,
     EmptyVolumeError,
     LabelMapError,
@@ -35,6 +32,9 @@ from tuckerscope.core.volume import (
     NotThreeDError,
     SpacingError,
 )
+from tuckerscope.core.models.model_folder import ModelFolderError
+from tuckerscope.core.models.model_sources import ModelSourceError
+from tuckerscope.core.runtime.errors import UserError
 
 # The tiny model's plans spacing: a CT on this grid reaches the network without any resampling, so a re-oriented
 # copy of it must give exactly the same labels once mapped back.

@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from tuckerscope.core.metrics import ClassRef
-from tuckerscope.core.sweep import RunCost
+from tuckerscope.core.evaluation.metrics import ClassRef
+from tuckerscope.core.evaluation.sweep import RunCost
 
 
 class ErodingBackend:

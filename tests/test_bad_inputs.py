@@ -24,13 +24,13 @@ from bad_inputs import (
     write_reference_ct,
 )
 
-from tuckerscope.core import cli
-from tuckerscope.core.errors import UserError
-from tuckerscope.core.model_folder import LoadedExpert, load_expert, spec_from_folder
-from tuckerscope.core.model_sources import resolve_source
-from tuckerscope.core.segmenter import InferenceOptions, Segmenter
-from tuckerscope.core.session import load_expert_models, resolve_model_source
-from tuckerscope.core.volume import Volume, load_volume
+from tuckerscope.core.cli import main as cli
+from tuckerscope.core.imaging.volume import Volume, load_volume
+from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, spec_from_folder
+from tuckerscope.core.models.model_sources import resolve_source
+from tuckerscope.core.runtime.errors import UserError
+from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter
+from tuckerscope.core.session.session import load_expert_models, resolve_model_source
 
 VOLUME_CASES = [case for case in CASES if case.target == "volume"]
 MODEL_CASES = [case for case in CASES if case.target == "model"]

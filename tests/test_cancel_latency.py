@@ -11,9 +11,9 @@ import pytest
 import torch
 from bad_inputs import model_folder, reference_affine, reference_ct
 
-from tuckerscope.core.errors import Cancelled
-from tuckerscope.core.model_folder import load_expert, spec_from_folder
-from tuckerscope.core.segmenter import InferenceOptions, Segmenter
+from tuckerscope.core.models.model_folder import load_expert, spec_from_folder
+from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tiny_model import write_tiny_model
-from tuckerscope.core.cli import main
+from tuckerscope.core.cli.main import main
 
 
 @pytest.fixture(scope="module")

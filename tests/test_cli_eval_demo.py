@@ -8,8 +8,8 @@ import re
 import nibabel as nib
 import pytest
 
-from tuckerscope.core.cli import main
-from tuckerscope.core.model_folder import find_result_folders
+from tuckerscope.core.cli.main import main
+from tuckerscope.core.models.model_folder import find_result_folders
 from tuckerscope.resources import DEMO_MODELS_DIR
 
 pytestmark = pytest.mark.skipif(
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def phantom_files(tmp_path_factory):
     """A phantom none of the demo experts trained on, and its truth in the demo source's label values."""
-    from tuckerscope.core.model_sources import demo_source
-    from tuckerscope.core.phantom import make_phantom
+    from tuckerscope.core.imaging.phantom import make_phantom
+    from tuckerscope.core.models.model_sources import demo_source
 
     folder = tmp_path_factory.mktemp("phantom")
     phantom = make_phantom(31_337)

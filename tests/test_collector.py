@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from tuckerscope.core.collector import settle_after_load
+from tuckerscope.core.runtime.collector import settle_after_load
 
 
 class Node:

@@ -10,16 +10,14 @@ import pytest
 import torch
 
 from tiny_model import tiny_plans, write_tiny_model
-from tuckerscope.core.cli import main
-from tuckerscope.core.commands.compress import engine_for
-from tuckerscope.core.compressed_model import MANIFEST_NAME, CompressedModelError, save_compressed
-from tuckerscope.core.counting import count_network
-from tuckerscope.core.explained_variance import explained_variance, explained_variance_grid
-from tuckerscope.core.fused_norm import TuckerConvNormAct
-from tuckerscope.core.hooi import refine_with_hooi
-from tuckerscope.core.model_folder import load_expert, read_checkpoint, spec_from_folder
-from tuckerscope.core.pruning import kept_conv_params, prunable_layers, prune, prune_to_match
-from tuckerscope.core.ranks import (
+from tuckerscope.core.cli.compress import engine_for
+from tuckerscope.core.cli.main import main
+from tuckerscope.core.compression.counting import count_network
+from tuckerscope.core.compression.explained_variance import explained_variance, explained_variance_grid
+from tuckerscope.core.compression.fused_norm import TuckerConvNormAct
+from tuckerscope.core.compression.hooi import refine_with_hooi
+from tuckerscope.core.compression.pruning import kept_conv_params, prunable_layers, prune, prune_to_match
+from tuckerscope.core.compression.ranks import (
     RankPolicyError,
     df_rank,
     df_ranks,
@@ -30,9 +28,11 @@ from tuckerscope.core.ranks import (
     round_up_rank,
     with_overrides,
 )
-from tuckerscope.core.timing import ForwardSetup, TimingSetupError, compare_forward
-from tuckerscope.core.tucker import RankError, TuckerEngine, with_plain_convs
-from tuckerscope.core.tucker_conv import TuckerConv
+from tuckerscope.core.compression.tucker import RankError, TuckerEngine, with_plain_convs
+from tuckerscope.core.compression.tucker_conv import TuckerConv
+from tuckerscope.core.evaluation.timing import ForwardSetup, TimingSetupError, compare_forward
+from tuckerscope.core.models.compressed_model import MANIFEST_NAME, CompressedModelError, save_compressed
+from tuckerscope.core.models.model_folder import load_expert, read_checkpoint, spec_from_folder
 
 FEATURES = (16, 32, 48)
 

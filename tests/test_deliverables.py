@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tuckerscope.core import deliverables
-from tuckerscope.core.deliverables import ExportBundle, safe_stem, write_bundle
-from tuckerscope.core.exports import ExportError, LabelStyle
-from tuckerscope.core.metrics import ClassRef, evaluate
+from tuckerscope.core.evaluation.metrics import ClassRef, evaluate
+from tuckerscope.core.outputs import deliverables
+from tuckerscope.core.outputs.deliverables import ExportBundle, safe_stem, write_bundle
+from tuckerscope.core.outputs.exports import ExportError, LabelStyle
 
 
 def bundle(save_models=None):

@@ -8,9 +8,9 @@ import re
 import nibabel as nib
 import numpy as np
 
-from tuckerscope.core import cli
-from tuckerscope.core.model_folder import find_result_folders
-from tuckerscope.core.phantom import make_phantom
+from tuckerscope.core.cli import main as cli
+from tuckerscope.core.imaging.phantom import make_phantom
+from tuckerscope.core.models.model_folder import find_result_folders
 from tuckerscope.resources import DEMO_MODELS_DIR
 
 

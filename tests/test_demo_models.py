@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from tuckerscope.core.model_folder import (
+from tuckerscope.core.imaging.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, Phantom, make_phantom
+from tuckerscope.core.models.model_folder import (
     expert_name_from_folder,
     find_result_folders,
     load_expert,
     spec_from_folder,
 )
-from tuckerscope.core.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, Phantom, make_phantom
-from tuckerscope.core.segmenter import nnunet_predictor, segment_with_expert
+from tuckerscope.core.segmentation.segmenter import nnunet_predictor, segment_with_expert
 from tuckerscope.resources import DEMO_MODELS_DIR
 
 UNSEEN_SEED = (

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tuckerscope.core import exports
-from tuckerscope.core.exports import (
+from tuckerscope.core.outputs import exports
+from tuckerscope.core.outputs.exports import (
     ExportError,
     LabelStyle,
     csv_text,

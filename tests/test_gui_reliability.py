@@ -29,8 +29,8 @@ from test_gui_window import IDLE_TIMEOUT_MS, make_settings, small_ct, tiny_model
 
 from tuckerscope.app.main_window import MainWindow  # noqa: E402
 from tuckerscope.app.slice_views import PLANES, plane_image  # noqa: E402
-from tuckerscope.core.cpu_memory import process_memory_kb  # noqa: E402
-from tuckerscope.core.segmenter import Segmenter  # noqa: E402
+from tuckerscope.core.runtime.memory import process_memory_kb  # noqa: E402
+from tuckerscope.core.segmentation.segmenter import Segmenter  # noqa: E402
 
 REFUSED = [case for case in CASES if case.refused]
 STORM_RSS_LIMIT_MB = 300

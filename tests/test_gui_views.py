@@ -19,8 +19,8 @@ from tuckerscope.app.slice_views import PLANES, SlicePairView, difference_rgba, 
 from tuckerscope.app.style import ONLY_COMPRESSED_RGB, ONLY_ORIGINAL_RGB, label_lut  # noqa: E402
 from tuckerscope.app.surfaces import to_polydata  # noqa: E402
 from tuckerscope.app.workers import JobCallbacks, JobLane  # noqa: E402
-from tuckerscope.core.errors import Cancelled  # noqa: E402
-from tuckerscope.core.surfaces import extract_label_meshes  # noqa: E402
+from tuckerscope.core.outputs.surfaces import extract_label_meshes  # noqa: E402
+from tuckerscope.core.runtime.errors import Cancelled  # noqa: E402
 
 NAMES = {1: "liver", 2: "spleen"}
 COLOURS = {1: (220, 100, 80), 2: (80, 200, 90)}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import surface_distance
 
-from tuckerscope.core.metrics import ClassRef, MetricsError, compare, evaluate
+from tuckerscope.core.evaluation.metrics import ClassRef, MetricsError, compare, evaluate
 
 LIVER = ClassRef(1, "liver", "organs")
 SPLEEN = ClassRef(2, "spleen", "organs")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tiny_model import tiny_dataset_json, tiny_plans, write_tiny_model
-from tuckerscope.core.model_folder import (
+from tuckerscope.core.models.model_folder import (
     ModelFolderError,
     build_network,
     expert_name_from_folder,

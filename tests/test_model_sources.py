@@ -12,8 +12,8 @@ import pytest
 
 from tiny_model import tiny_dataset_json, tiny_plans, write_tiny_model
 from ts_home import build_random_ts_home, ts_results_folder
-from tuckerscope.core.model_folder import load_expert
-from tuckerscope.core.model_sources import (
+from tuckerscope.core.models.model_folder import load_expert
+from tuckerscope.core.models.model_sources import (
     ModelSource,
     ModelSourceError,
     demo_source,
@@ -210,7 +210,7 @@ def test_demo_source(monkeypatch, tmp_path):
 
 
 def test_shipped_demo_models_load_if_present():
-    from tuckerscope.core.model_folder import find_result_folders
+    from tuckerscope.core.models.model_folder import find_result_folders
     from tuckerscope.resources import DEMO_MODELS_DIR
 
     if not find_result_folders(DEMO_MODELS_DIR):

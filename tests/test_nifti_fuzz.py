@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuckerscope.core.volume import Volume, VolumeError, load_volume
+from tuckerscope.core.imaging.volume import Volume, VolumeError, load_volume
 
 SHAPE = (9, 8, 7)
 SECONDS_PER_LOAD = 20  # a load of this tiny file taking longer than this is a hang

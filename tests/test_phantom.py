@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tuckerscope.core.phantom import (
+from tuckerscope.core.imaging.phantom import (
     CLASS_GROUPS,
     CLASS_NAMES,
     DEFAULT_SHAPE,

@@ -9,8 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tuckerscope.core.metrics import ClassRef, compare, evaluate
-from tuckerscope.core.report import (
+from tuckerscope.core.evaluation.metrics import ClassRef, compare, evaluate
+from tuckerscope.core.evaluation.sweep import RunCost, SweepPoint, SweepResult
+from tuckerscope.core.outputs.report import (
     LayerHeatmap,
     ReportContent,
     display_slice,
@@ -18,7 +19,6 @@ from tuckerscope.core.report import (
     to_ras,
     write_report,
 )
-from tuckerscope.core.sweep import RunCost, SweepPoint, SweepResult
 
 CLASSES = [ClassRef(1, "liver", "organs"), ClassRef(2, "spleen", "organs"), ClassRef(3, "rib_left_1", "ribs")]
 

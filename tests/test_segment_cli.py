@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tiny_model import write_tiny_model
-from tuckerscope.core import cli
-from tuckerscope.core.commands.segment import parse_dfs, parse_roi
-from tuckerscope.core.errors import UserError
+from tuckerscope.core.cli import main as cli
+from tuckerscope.core.cli.segment import parse_dfs, parse_roi
+from tuckerscope.core.runtime.errors import UserError
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tiny_model import write_tiny_model
-from tuckerscope.core.errors import Cancelled
-from tuckerscope.core.model_folder import LoadedExpert, load_expert, spec_from_folder
-from tuckerscope.core.segmenter import (
+from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, spec_from_folder
+from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.segmentation.segmenter import (
     InferenceOptions,
     SegmentationError,
     Segmenter,
@@ -194,9 +194,9 @@ def test_bad_options_and_rois(ct):
 
 def test_demo_models_segment_a_phantom_if_shipped():
     """The shipped demo experts (if present) find the phantom's organs through the pipeline."""
-    from tuckerscope.core.model_folder import find_result_folders
-    from tuckerscope.core.model_sources import demo_source
-    from tuckerscope.core.phantom import make_phantom
+    from tuckerscope.core.imaging.phantom import make_phantom
+    from tuckerscope.core.models.model_folder import find_result_folders
+    from tuckerscope.core.models.model_sources import demo_source
     from tuckerscope.resources import DEMO_MODELS_DIR
 
     if not find_result_folders(DEMO_MODELS_DIR):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from tiny_model import tiny_dataset_json, write_tiny_model
-from tuckerscope.core.display_grid import DisplayGrid
-from tuckerscope.core.errors import Cancelled
-from tuckerscope.core.live_segmentation import class_positions, merge_labels, run_segmentation
-from tuckerscope.core.model_sources import folder_source
-from tuckerscope.core.session import CaseVolume, Session, load_expert_models
+from tuckerscope.core.imaging.display_grid import DisplayGrid
+from tuckerscope.core.models.model_sources import folder_source
+from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.segmentation.live_segmentation import class_positions, merge_labels, run_segmentation
+from tuckerscope.core.session.session import CaseVolume, Session, load_expert_models
 
 
 def test_display_grid_reorients_lps_to_ras_and_maps_slices_back():
@@ -137,7 +137,7 @@ def test_isolated_runner_scores_in_another_process_and_cancels_by_killing_it():
     import os
     import time
 
-    from tuckerscope.core.isolated import IsolatedRunner
+    from tuckerscope.core.runtime.processes import IsolatedRunner
 
     runner = IsolatedRunner()
     try:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from tiny_model import write_tiny_model
-from tuckerscope.core.deliverables import write_bundle
-from tuckerscope.core.live_segmentation import run_segmentation
-from tuckerscope.core.model_sources import folder_source
-from tuckerscope.core.session import CaseVolume, Session, SessionError, load_expert_models
-from tuckerscope.core.session_export import session_bundle, session_sweep_backend
-from tuckerscope.core.sweep import run_sweep
+from tuckerscope.core.evaluation.sweep import run_sweep
+from tuckerscope.core.models.model_sources import folder_source
+from tuckerscope.core.outputs.deliverables import write_bundle
+from tuckerscope.core.segmentation.live_segmentation import run_segmentation
+from tuckerscope.core.session.export import session_bundle, session_sweep_backend
+from tuckerscope.core.session.session import CaseVolume, Session, SessionError, load_expert_models
 
 
 @pytest.fixture(scope="module")

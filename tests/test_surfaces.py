@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuckerscope.core.isolated import IsolatedRunner
-from tuckerscope.core.surfaces import extract_label_meshes
+from tuckerscope.core.outputs.surfaces import extract_label_meshes
+from tuckerscope.core.runtime.processes import IsolatedRunner
 
 
 def two_cubes() -> np.ndarray:
@@ -27,7 +27,7 @@ def test_meshes_from_the_separate_process_equal_the_local_ones():
     labels = two_cubes()
     local = extract_label_meshes(labels, (1.0, 2.0, 3.0))
     runner = IsolatedRunner()
-    runner.warm_up("tuckerscope.core.surfaces")
+    runner.warm_up("tuckerscope.core.outputs.surfaces")
     try:
         remote = runner.run(extract_label_meshes, labels, (1.0, 2.0, 3.0))
     finally:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sweep_doubles import ErodingBackend
 
-from tuckerscope.core.errors import Cancelled
-from tuckerscope.core.sweep import DEFAULT_GRID, SweepError, run_sweep
+from tuckerscope.core.evaluation.sweep import DEFAULT_GRID, SweepError, run_sweep
+from tuckerscope.core.runtime.errors import Cancelled
 
 
 def test_sweep_scores_every_expert_and_df_reusing_the_original():

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from ts_home import build_random_ts_home
-from tuckerscope.core import cli
+from tuckerscope.core.cli import main as cli
 
 MIN_CLASSES_PRESENT = 20
 OFFLINE_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, requests fail at once

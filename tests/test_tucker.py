@@ -12,19 +12,23 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ts_home import ts_results_folder
-from tuckerscope.core.conv_layers import (
+from tuckerscope.core.compression.conv_layers import (
     ConvLayer,
     conv_modules,
     find_conv_layers,
     meta_copy,
     trace_layer_shapes,
 )
-from tuckerscope.core.counting import count_network
-from tuckerscope.core.explained_variance import all_heatmaps, explained_variance, explained_variance_grid
-from tuckerscope.core.model_folder import build_network
-from tuckerscope.core.ranks import df_ranks, ranks_of
-from tuckerscope.core.tucker import RankError, TuckerEngine, factorise_kernel, layer_kernel
-from tuckerscope.core.tucker_conv import TuckerConv
+from tuckerscope.core.compression.counting import count_network
+from tuckerscope.core.compression.explained_variance import (
+    all_heatmaps,
+    explained_variance,
+    explained_variance_grid,
+)
+from tuckerscope.core.compression.ranks import df_ranks, ranks_of
+from tuckerscope.core.compression.tucker import RankError, TuckerEngine, factorise_kernel, layer_kernel
+from tuckerscope.core.compression.tucker_conv import TuckerConv
+from tuckerscope.core.models.model_folder import build_network
 
 # the smallest inputs that keep >1 voxel at the bottleneck (InstanceNorm needs it): 5 and 4 poolings
 SMALL_INPUTS = {291: (1, 1, 64, 64, 64), 297: (1, 1, 32, 32, 32)}
@@ -207,7 +211,7 @@ def test_counts_match_torch_flop_counter_on_the_plans_patch(
 
 
 def demo_model_folders() -> list:
-    from tuckerscope.core.model_folder import find_result_folders
+    from tuckerscope.core.models.model_folder import find_result_folders
     from tuckerscope.resources import DEMO_MODELS_DIR
 
     return find_result_folders(DEMO_MODELS_DIR) if DEMO_MODELS_DIR.is_dir() else []
@@ -219,7 +223,7 @@ def demo_model_folders() -> list:
 def test_full_rank_reproduces_demo_model_logits(folder) -> None:
     if folder is None:
         pytest.skip("no demo models in resources/demo_models yet")
-    from tuckerscope.core.model_folder import load_expert, spec_from_folder
+    from tuckerscope.core.models.model_folder import load_expert, spec_from_folder
 
     expert = load_expert(spec_from_folder(folder))
     # a small input is enough (and quick): 4 voxels per axis at the bottleneck

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tuckerscope.core.volume import (
+from tuckerscope.core.imaging.volume import (
     CorruptVolumeError,
     EmptyVolumeError,
     LabelMapError,

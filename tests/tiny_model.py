@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tuckerscope.core.model_folder import build_network, nnunet_checkpoint
+from tuckerscope.core.models.model_folder import build_network, nnunet_checkpoint
 
 TINY_LABELS = {"background": 0, "liver": 1, "spleen": 2}
 

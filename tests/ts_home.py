@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tuckerscope.core.model_folder import build_network, nnunet_checkpoint
+from tuckerscope.core.models.model_folder import build_network, nnunet_checkpoint
 
 TS_PLANS_DIR = Path(__file__).resolve().parents[2] / "shared" / "ts_plans"  # ../shared beside the repo
 ALL_TASK_IDS = (291, 292, 293, 294, 295, 297)

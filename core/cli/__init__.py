@@ -1,0 +1,1 @@
+"""The `tuckerscope` command line: main plus one module per subcommand."""

@@ -1,0 +1,218 @@
+"""`tuckerscope compress`: Tucker-compress experts at a DF (or per-layer ranks), report sizes, optionally save.
+
+Prints, per expert and in total, parameters and FLOPs (one multiply-add = one FLOP, one patch of the plans'
+size, no deep-supervision heads) before and after; --json prints one JSON object with the ranks per layer;
+-o writes each compressed expert as an nnU-Net-style results folder that `tuckerscope segment --model` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tuckerscope.core.compression.counting import count_network
+from tuckerscope.core.compression.hooi import refine_with_hooi
+from tuckerscope.core.compression.ranks import (
+    RankChoice,
+    RankPolicyError,
+    df_ranks,
+    explained_variance_ranks,
+    parse_df_options,
+    parse_layer_override,
+    ranks_of,
+    with_overrides,
+)
+from tuckerscope.core.compression.tucker import TuckerEngine
+from tuckerscope.core.models.compressed_model import save_compressed
+from tuckerscope.core.models.model_folder import LoadedExpert, load_expert
+from tuckerscope.core.models.model_sources import expert_specs
+from tuckerscope.core.runtime.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compress",
+        help="Tucker-compress experts and report parameters and FLOPs",
+        description="Tucker-compress every conv of each expert (DF rule: r = ceil(C x DF), at least 8, at most "
+        "C, per channel mode) and report parameters and FLOPs before and after.",
+    )
+    add_model_argument(parser)
+    add_df_argument(parser)
+    parser.add_argument(
+        "--ev",
+        type=float,
+        metavar="THRESHOLD",
+        help="instead of a DF: per layer the smallest ranks whose explained variance reaches THRESHOLD",
+    )
+    parser.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="[EXPERT:]NAME=R_OUT,R_IN",
+        help="set one layer's ranks by hand (repeatable); without EXPERT: in every expert",
+    )
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        choices=(8, 16),
+        help="round ranks up to a multiple of 8 or 16 (faster kernels); the DF-rule ranks stay in --json",
+    )
+    parser.add_argument(
+        "--hooi", action="store_true", help="refine the chosen ranks with HOOI (slow, tensorly)"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, help="write the compressed experts as model folders here"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=run)
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a TotalSegmentator home, an nnU-Net v2 results folder (or a folder of them), or 'demo'",
+    )
+
+
+def add_df_argument(parser: argparse.ArgumentParser) -> None:
+    """--df as compress, segment and eval take it (parsed by ranks.parse_df_options)."""
+    parser.add_argument(
+        "--df",
+        action="append",
+        default=[],
+        metavar="DF|EXPERT=DF",
+        help="downsampling factor in [0.01, 1] for every expert, or EXPERT=DF for one (repeatable; "
+        "ranks ceil(C x DF), at least 8, at most C)",
+    )
+
+
+@contextmanager
+def quiet_nnunet() -> Iterator[None]:
+    """nnU-Net warns on every load of TS's old-format plans; TotalSegmentator silences it the same way."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="nnunetv2")
+        yield
+
+
+def load_experts(model: str) -> list[LoadedExpert]:
+    with quiet_nnunet():
+        return [load_expert(spec) for spec in expert_specs(model)]
+
+
+def engine_for(expert: LoadedExpert) -> TuckerEngine:
+    """An engine on the network as nnU-Net runs it: one patch of the plans' size."""
+    channels = len(
+        expert.dataset_json.get("channel_names") or expert.dataset_json.get("modality") or {"0": "CT"}
+    )
+    return TuckerEngine(expert.network, (1, channels, *expert.patch_size))
+
+
+def parse_layer_options(values: list[str], expert_names: list[str]) -> dict[str, dict[str, tuple[int, int]]]:
+    """'[EXPERT:]NAME=R_OUT,R_IN' options -> {expert: {layer: ranks}}."""
+    result: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in expert_names}
+    for value in values:
+        expert, _, rest = value.partition(":") if ":" in value.split("=")[0] else ("", "", value)
+        name, ranks = parse_layer_override(rest)
+        if expert and expert not in result:
+            raise RankPolicyError(
+                f"--layer {value!r}: no expert named {expert!r}; experts: {', '.join(result)}"
+            )
+        for target in [expert] if expert else result:
+            result[target][name] = ranks
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.df and args.ev is None and not args.layer:
+        raise UserError(
+            "say how much to compress: --df 0.3, --df EXPERT=0.3, --ev 0.9 or --layer NAME=R_OUT,R_IN"
+        )
+    if args.df and args.ev is not None:
+        raise UserError("use either --df or --ev, not both")
+    experts = load_experts(args.model)
+    names = [e.name for e in experts]
+    dfs = parse_df_options(args.df, names)
+    overrides = parse_layer_options(args.layer, names)
+    report: dict[str, Any] = {"experts": {}}
+    for expert in experts:
+        report["experts"][expert.name] = compress_one(
+            expert, args, dfs.get(expert.name), overrides[expert.name]
+        )
+    report["total"] = {
+        key: sum(entry[key] for entry in report["experts"].values())
+        for key in ("params_original", "params_compressed", "flops_original", "flops_compressed")
+    }
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_table(report)
+    return 0
+
+
+def compress_one(
+    expert: LoadedExpert, args: argparse.Namespace, df: float | None, overrides: Mapping[str, tuple[int, int]]
+) -> dict[str, Any]:
+    engine = engine_for(expert)
+    engine.factorise()
+    if args.ev is not None:
+        choices = explained_variance_ranks(engine, args.ev, round_to=args.round_to)
+    elif df is not None:
+        choices = df_ranks(engine.layers, df, round_to=args.round_to)
+    else:
+        choices = {}
+    choices = with_overrides(choices, overrides, engine.layers)
+    ranks = ranks_of(choices)
+    refined = refine_with_hooi(engine, ranks) if args.hooi else None
+    network = engine.compress(ranks, refined=refined)
+    original, compressed = count_network(engine), count_network(engine, ranks)
+    entry: dict[str, Any] = {
+        "folder": str(expert.spec.folder),
+        "df": df,
+        "ev_threshold": args.ev,
+        "method": "hooi" if args.hooi else "hosvd-slice",
+        "params_original": original.params,
+        "params_compressed": compressed.params,
+        "flops_original": original.flops,
+        "flops_compressed": compressed.flops,
+        "ranks": {name: _rank_entry(choice, engine, name) for name, choice in choices.items()},
+    }
+    if args.output is not None:
+        extra = {"df": df, "ev_threshold": args.ev, "round_to": args.round_to}
+        entry["output_folder"] = str(save_compressed(expert, network, args.output, extra))
+    return entry
+
+
+def _rank_entry(choice: RankChoice, engine: TuckerEngine, name: str) -> dict[str, Any]:
+    layer = engine.layer(name)
+    return {
+        "r_out": choice.r_out,
+        "r_in": choice.r_in,
+        "channels": [layer.out_channels, layer.in_channels],
+        "df_rule": list(choice.df_rule),
+        "source": choice.source,
+    }
+
+
+def print_table(report: Mapping[str, Any]) -> None:
+    header = f"{'expert':<14}{'DF':>6}{'params':>14}{'compressed':>14}{'ratio':>8}{'GFLOPs':>10}{'compr.':>10}{'ratio':>8}"
+    print(header)
+    rows = list(report["experts"].items()) + [("total", report["total"])]
+    for name, entry in rows:
+        df = entry.get("df")
+        print(
+            f"{name:<14}{(f'{df:g}' if df is not None else '-'):>6}"
+            f"{entry['params_original']:>14,}{entry['params_compressed']:>14,}"
+            f"{entry['params_original'] / entry['params_compressed']:>7.2f}x"
+            f"{entry['flops_original'] / 1e9:>10.1f}{entry['flops_compressed'] / 1e9:>10.1f}"
+            f"{entry['flops_original'] / entry['flops_compressed']:>7.2f}x"
+        )
+        if entry.get("output_folder"):
+            print(f"{'':<14}saved to {entry['output_folder']}")

@@ -1,0 +1,54 @@
+"""The `tuckerscope` command line: one subcommand per module in tuckerscope.core.cli.
+
+Every subcommand reports bad input as a single line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tuckerscope import __version__
+from tuckerscope.core.runtime.errors import UserError
+
+COMMANDS: tuple[str, ...] = ("demo", "segment", "eval", "report", "compress", "bench")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuckerscope",
+        description="Preview post-training Tucker compression of TotalSegmentator models.",
+    )
+    parser.add_argument("--version", action="version", version=f"tuckerscope {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"tuckerscope.core.cli.{name}").register(subparsers)
+    return parser
+
+
+def is_subcommand(argv: Sequence[str]) -> bool:
+    """True when argv asks for a headless subcommand (or CLI help/version) rather than the window."""
+    return bool(argv) and (argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not getattr(args, "func", None):
+        args = build_parser().parse_args(["demo"])
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"tuckerscope: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("tuckerscope: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""`tuckerscope segment`: segment a CT exactly as TotalSegmentator would, optionally with Tucker-compressed experts.
+
+Writes a multilabel NIfTI on the input grid (with ITK-SNAP and 3D Slicer label tables in TS colours), or with
+--split one mask per class in a folder, like TotalSegmentator without --ml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tuckerscope.core.cli.compress import add_df_argument
+from tuckerscope.core.compression.ranks import parse_df_options
+from tuckerscope.core.imaging.volume import Volume, load_volume
+from tuckerscope.core.models.model_folder import LoadedExpert
+from tuckerscope.core.models.model_sources import TASK_NAMES, ModelSource, resolve_source
+from tuckerscope.core.runtime.errors import UserError
+from tuckerscope.core.segmentation.segmenter import (
+    DEVICES,
+    InferenceOptions,
+    Roi,
+    Segmenter,
+    check_roi,
+)
+
+ALL_EXPERTS = "*"
+
+
+class SegmentArgumentError(UserError):
+    """A `segment` option has a value that cannot be used."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment a CT as TotalSegmentator does, optionally with compressed experts",
+        description="Segment a CT (NIfTI file or DICOM folder) with a TotalSegmentator task, the demo models or "
+        "any nnU-Net v2 model; --df compresses the experts with Tucker decomposition first.",
+    )
+    parser.add_argument(
+        "-i", "--input", required=True, type=Path, help="CT as .nii/.nii.gz or a DICOM folder"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, help="output .nii.gz (or a folder with --split)"
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--task", choices=TASK_NAMES, help="TotalSegmentator task or the demo (default: total)"
+    )
+    source.add_argument("--model", type=Path, help="nnU-Net v2 results folder (or a folder of them)")
+    parser.add_argument(
+        "--ts-home",
+        type=Path,
+        help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR or ~/.totalsegmentator)",
+    )
+    add_df_argument(parser)
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 is the reference")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last_3d layout (default: on for compressed experts on the CPU, off for the original)",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--roi", help="segment only this box of input voxels: x0:x1,y0:y1,z0:z1 (empty = all)"
+    )
+    parser.add_argument(
+        "--split", action="store_true", help="write one mask per class into the output folder"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--timings", action="store_true", help="print the wall time of each stage")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        # nnU-Net warns on every load of TS's (old-format) plans; TotalSegmentator silences it the same way.
+        warnings.filterwarnings("ignore", category=UserWarning, module="nnunetv2")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    options = InferenceOptions(
+        device=args.device, precision=args.precision, channels_last=args.channels_last, threads=args.threads
+    )
+    options.torch_device()
+    _check_output(args.output, args.split)
+    clock = StageClock()
+    volume = load_volume(args.input)
+    progress = TerminalProgress(enabled=not args.quiet)
+    for warning in volume.warnings:
+        progress.note(f"warning: {warning}")
+    roi = check_roi(parse_roi(args.roi), volume.shape) if args.roi else None
+    if args.model is not None:
+        source = resolve_source(model=args.model)
+    else:
+        source = resolve_source(task=args.task or "total", ts_home=args.ts_home)
+    clock.lap("read volume")
+    experts = source.load()
+    dfs = parse_dfs(args.df, [e.name for e in experts])
+    clock.lap("load experts")
+    networks = compress_experts(experts, dfs, progress)
+    clock.lap("factorise and compress")
+    labels = segment_source(volume, source, experts, networks, options, roi, progress)
+    clock.lap("segment")
+    progress.finish(f"segmented in {clock.total():.1f} s")
+    write_output(args.output, labels, volume, source, split=args.split)
+    clock.lap("write output")
+    if args.timings:
+        print(clock.report(), file=sys.stderr)
+    return 0
+
+
+class StageClock:
+    """Wall time per stage of one run, for --timings."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((stage, now - self.last))
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.start
+
+    def report(self) -> str:
+        return "timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.laps)
+
+
+def parse_roi(text: str) -> Roi:
+    """'x0:x1,y0:y1,z0:z1' (any bound may be left out) -> three slices."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise SegmentArgumentError(f"--roi needs three ranges x0:x1,y0:y1,z0:z1, got {text!r}")
+    slices = []
+    for axis, part in zip("xyz", parts, strict=True):
+        bounds = part.split(":")
+        if len(bounds) != 2:
+            raise SegmentArgumentError(f"--roi range for {axis} must look like start:stop, got {part!r}")
+        try:
+            start, stop = (int(b) if b.strip() else None for b in bounds)
+        except ValueError:
+            raise SegmentArgumentError(f"--roi range for {axis} must be integers, got {part!r}") from None
+        slices.append(slice(start, stop))
+    return (slices[0], slices[1], slices[2])
+
+
+def parse_dfs(values: Sequence[str], expert_names: Sequence[str]) -> dict[str, float]:
+    """Experts to compress: ``ranks.parse_df_options`` minus those a plain value left at DF 1.0 (named ones stay)."""
+    dfs = parse_df_options(values, expert_names)
+    named = {value.rpartition("=")[0] for value in values}
+    return {name: df for name, df in dfs.items() if df < 1.0 or name in named}
+
+
+def compress_experts(
+    experts: Sequence[LoadedExpert], dfs: Mapping[str, float], progress: TerminalProgress
+) -> dict[str, torch.nn.Module]:
+    """Tucker-compressed networks for the experts named in ``dfs`` (DF rule: ceil(C x DF), >= 8, <= C)."""
+    from tuckerscope.core.compression.ranks import df_ranks, ranks_of
+    from tuckerscope.core.compression.tucker import TuckerEngine
+
+    networks: dict[str, torch.nn.Module] = {}
+    for expert in experts:
+        if expert.name not in dfs:
+            continue
+        df = dfs[expert.name]
+        channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
+        engine = TuckerEngine(expert.network, (1, channels, *expert.patch_size))
+        progress.update(0.0, f"{expert.name}: factorising for DF {df:g}")
+        engine.factorise(
+            progress=lambda done, total, _name, e=expert: progress.update(
+                done / total, f"{e.name}: factorising"
+            )
+        )
+        networks[expert.name] = engine.compress(ranks_of(df_ranks(engine.layers, df))).eval()
+    return networks
+
+
+def segment_source(
+    volume: Volume,
+    source: ModelSource,
+    experts: Sequence[LoadedExpert],
+    networks: Mapping[str, torch.nn.Module],
+    options: InferenceOptions,
+    roi: Roi | None,
+    progress: TerminalProgress,
+) -> np.ndarray:
+    """Every expert through the TS pipeline (compressed where ``networks`` has one), merged as TS merges."""
+    segmenter = Segmenter(volume.data, volume.affine)
+    outputs = []
+    for index, expert in enumerate(experts):
+        share = (index / len(experts), (index + 1) / len(experts))
+
+        def report(fraction: float, message: str, share: tuple[float, float] = share) -> None:
+            progress.update(share[0] + (share[1] - share[0]) * fraction, message)
+
+        network = networks.get(expert.name)
+        if roi is None:
+            labels = segmenter.segment(expert, network, options=options, progress=report)
+        else:
+            results = segmenter.segment_roi_first(
+                expert, network, roi=roi, options=options, progress=report, roi_only=True
+            )
+            labels = next(results).labels
+        outputs.append(labels)
+    return source.merge(outputs)
+
+
+def write_output(output: Path, labels: np.ndarray, volume: Volume, source: ModelSource, split: bool) -> None:
+    import nibabel as nib
+
+    from tuckerscope.core.outputs.exports import (
+        label_styles,
+        segmentation_image,
+        write_folder,
+        write_segmentation,
+    )
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not split:
+        write_segmentation(output, labels, volume.affine, label_styles(source.class_names), volume.header)
+        return
+
+    def fill(folder: Path) -> None:
+        for label, name in sorted(source.class_names.items()):
+            mask = (labels == label).astype(np.uint8)
+            nib.save(segmentation_image(mask, volume.affine, volume.header), folder / f"{name}.nii.gz")
+
+    write_folder(output, fill)
+
+
+def _check_output(output: Path, split: bool) -> None:
+    if split:
+        if output.exists() and not output.is_dir():
+            raise SegmentArgumentError(f"--split writes a folder, but {output} is a file")
+        return
+    if not (output.name.endswith(".nii.gz") or output.name.endswith(".nii")):
+        raise SegmentArgumentError(
+            f"output {output} must end in .nii.gz or .nii (or use --split for a folder)"
+        )
+
+
+class TerminalProgress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, a line per stage otherwise)."""
+
+    WIDTH = 30
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last_stage = ""
+        self.last_draw = 0.0
+
+    def update(self, fraction: float, message: str) -> None:
+        if not self.enabled:
+            return
+        stage = message.split(":")[0]
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last_draw < 0.1 and fraction < 1.0:
+                return
+            filled = int(round(self.WIDTH * min(max(fraction, 0.0), 1.0)))
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            sys.stderr.write(f"\r[{bar}] {fraction * 100:5.1f}% {message[:60]:<60}")
+            sys.stderr.flush()
+        elif stage != self.last_stage:
+            sys.stderr.write(f"{fraction * 100:5.1f}% {message}\n")
+        self.last_stage = stage
+        self.last_draw = now
+
+    def note(self, text: str) -> None:
+        if self.tty and self.last_stage:
+            sys.stderr.write("\n")
+        sys.stderr.write(f"tuckerscope: {text}\n")
+        self.last_stage = ""
+
+    def finish(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            sys.stderr.write("\n")
+        sys.stderr.write(f"tuckerscope: {text}\n")

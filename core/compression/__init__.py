@@ -1,0 +1,1 @@
+"""Tucker compression of 3D convs: factorise once, slice per ranks; rank rules, counts, HOOI, pruning."""

@@ -1,0 +1,316 @@
+"""Per-class agreement between two label maps: Dice and normalised surface Dice (NSD), grouped per expert.
+
+NSD comes from DeepMind's surface-distance package (the metric the paper reports), on the image's own
+voxel spacing. Each class is cropped to the bounding box of its two masks before the distance
+transform, so a whole 117-class map scores in interactive time instead of one full-volume EDT per class.
+
+Empty-mask rules (stated once, applied everywhere):
+- reference and prediction both empty: the class is excluded (nothing to agree on);
+- reference present, prediction empty: Dice 0, NSD 0 (the structure was missed);
+- reference empty, prediction present: Dice 0, NSD 0 (a structure was invented where there is none).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+from scipy import ndimage
+
+from tuckerscope.core.runtime.errors import UserError
+
+DEFAULT_TOLERANCE_MM = 3.0
+
+
+class MetricsError(UserError):
+    """Two label maps cannot be compared (different grids, bad spacing, not a label map)."""
+
+
+@dataclass(frozen=True)
+class ClassRef:
+    """One class to score: its label value in the maps, its name, and the expert that predicts it."""
+
+    label: int
+    name: str
+    expert: str = ""
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """Agreement of one class; `status` says which empty-mask rule applied ('scored', 'missed', 'invented')."""
+
+    label: int
+    name: str
+    expert: str
+    dice: float
+    nsd: float
+    reference_voxels: int
+    prediction_voxels: int
+    status: str = "scored"
+
+
+@dataclass(frozen=True)
+class ExpertSummary:
+    """Mean and worst Dice/NSD over one expert's scored classes (excluded classes do not count)."""
+
+    expert: str
+    classes: int
+    mean_dice: float
+    mean_nsd: float
+    worst_dice: float
+    worst_dice_class: str
+    worst_nsd: float
+    worst_nsd_class: str
+
+
+@dataclass
+class Comparison:
+    """Per-class agreement of `prediction` against `reference` (e.g. 'compressed' against 'original')."""
+
+    reference: str
+    prediction: str
+    tolerance_mm: float
+    scores: list[ClassScore] = field(default_factory=list)
+    excluded: list[ClassRef] = field(default_factory=list)
+
+    def worst_first(self, key: str = "nsd") -> list[ClassScore]:
+        """Scores sorted so the class that suffered most comes first (ties broken by Dice, then name)."""
+        other = "dice" if key == "nsd" else "nsd"
+        return sorted(self.scores, key=lambda s: (getattr(s, key), getattr(s, other), s.name))
+
+    def by_expert(self) -> dict[str, ExpertSummary]:
+        """Mean and worst per expert, in the order experts first appear in the scores."""
+        groups: dict[str, list[ClassScore]] = {}
+        for score in self.scores:
+            groups.setdefault(score.expert, []).append(score)
+        return {expert: summarise(expert, scores) for expert, scores in groups.items()}
+
+    def overall(self) -> ExpertSummary | None:
+        """Mean and worst over every scored class, or None when nothing was scored."""
+        return summarise("all", self.scores) if self.scores else None
+
+    def score_of(self, name: str) -> ClassScore | None:
+        return next((s for s in self.scores if s.name == name), None)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for --json and the report."""
+        return {
+            "reference": self.reference,
+            "prediction": self.prediction,
+            "tolerance_mm": self.tolerance_mm,
+            "classes": [vars_of(s) for s in self.scores],
+            "excluded": [c.name for c in self.excluded],
+            "experts": {k: vars_of(v) for k, v in self.by_expert().items()},
+        }
+
+
+@dataclass
+class Evaluation:
+    """Compressed vs original, and both vs ground truth when one was given."""
+
+    compressed_vs_original: Comparison
+    original_vs_ground_truth: Comparison | None = None
+    compressed_vs_ground_truth: Comparison | None = None
+
+    def comparisons(self) -> list[Comparison]:
+        return [
+            c
+            for c in (
+                self.compressed_vs_original,
+                self.original_vs_ground_truth,
+                self.compressed_vs_ground_truth,
+            )
+            if c is not None
+        ]
+
+    def to_dict(self) -> dict[str, object]:
+        return {f"{c.prediction}_vs_{c.reference}".replace(" ", "_"): c.to_dict() for c in self.comparisons()}
+
+
+def vars_of(obj: object) -> dict[str, object]:
+    """A dataclass as a dict with NaN turned into None, so it serialises as valid JSON."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(obj).items()}
+
+
+def summarise(expert: str, scores: Sequence[ClassScore]) -> ExpertSummary:
+    if not scores:
+        nan = float("nan")
+        return ExpertSummary(expert, 0, nan, nan, nan, "", nan, "")
+    worst_dice = min(scores, key=lambda s: (s.dice, s.name))
+    worst_nsd = min(scores, key=lambda s: (s.nsd, s.name))
+    return ExpertSummary(
+        expert=expert,
+        classes=len(scores),
+        mean_dice=float(np.mean([s.dice for s in scores])),
+        mean_nsd=float(np.mean([s.nsd for s in scores])),
+        worst_dice=worst_dice.dice,
+        worst_dice_class=worst_dice.name,
+        worst_nsd=worst_nsd.nsd,
+        worst_nsd_class=worst_nsd.name,
+    )
+
+
+def as_label_map(array: np.ndarray, what: str) -> np.ndarray:
+    """An integer 3D array of non-negative labels; float maps (nibabel's get_fdata) must hold whole numbers."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise MetricsError(f"{what} must be a 3D label map, got {array.ndim}D with shape {array.shape}")
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise MetricsError(f"{what} holds non-integer values: it is an image, not a label map")
+        array = array.astype(np.int32)
+    elif array.dtype.kind not in "iu":
+        raise MetricsError(f"{what} has dtype {array.dtype}, expected integer labels")
+    if array.size and array.min() < 0:
+        raise MetricsError(f"{what} holds negative labels")
+    return array
+
+
+def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise MetricsError(f"voxel spacing must be three positive numbers in mm, got {spacing}")
+    return values[0], values[1], values[2]
+
+
+def compare(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing: Sequence[float],
+    classes: Iterable[ClassRef],
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    reference_name: str = "original",
+    prediction_name: str = "compressed",
+) -> Comparison:
+    """Score every class of `classes` in `prediction` against `reference` (same grid, same label values).
+
+    `spacing` is the voxel size in mm along the arrays' axes, as the image header gives it.
+    """
+    reference = as_label_map(reference, reference_name)
+    prediction = as_label_map(prediction, prediction_name)
+    if reference.shape != prediction.shape:
+        raise MetricsError(
+            f"{prediction_name} has shape {prediction.shape} but {reference_name} has {reference.shape}: "
+            "both must lie on the same voxel grid (resample one onto the other first)"
+        )
+    spacing_mm = check_spacing(spacing)
+    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        raise MetricsError(f"NSD tolerance must be a non-negative number of mm, got {tolerance_mm}")
+    classes = list(classes)
+    max_label = max((c.label for c in classes), default=0)
+    reference_boxes = ndimage.find_objects(reference, max_label=max_label)
+    prediction_boxes = ndimage.find_objects(prediction, max_label=max_label)
+    result = Comparison(reference_name, prediction_name, float(tolerance_mm))
+    for ref in classes:
+        if ref.label <= 0:
+            continue
+        ref_box = reference_boxes[ref.label - 1]
+        pred_box = prediction_boxes[ref.label - 1]
+        if ref_box is None and pred_box is None:
+            result.excluded.append(ref)
+            continue
+        if ref_box is None or pred_box is None:
+            ref_voxels = int(np.count_nonzero(reference[ref_box] == ref.label)) if ref_box else 0
+            pred_voxels = int(np.count_nonzero(prediction[pred_box] == ref.label)) if pred_box else 0
+            status = "missed" if pred_box is None else "invented"
+            result.scores.append(
+                ClassScore(ref.label, ref.name, ref.expert, 0.0, 0.0, ref_voxels, pred_voxels, status)
+            )
+            continue
+        box = union_box(ref_box, pred_box)
+        result.scores.append(
+            score_masks(
+                reference[box] == ref.label, prediction[box] == ref.label, spacing_mm, tolerance_mm, ref
+            )
+        )
+    return result
+
+
+def union_box(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+
+
+def score_masks(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    tolerance_mm: float,
+    ref: ClassRef,
+) -> ClassScore:
+    """Dice and NSD of two non-empty boolean masks already cropped to their joint bounding box."""
+    surface_distance = surface_distance_package()
+    # surface-distance 0.1 calls scipy's deprecated ndimage.filters/morphology namespaces; silence that
+    # module only, with a filter rather than catch_warnings (which is not thread-safe).
+    silence_surface_distance_deprecations()
+    ref_voxels = int(np.count_nonzero(reference))
+    pred_voxels = int(np.count_nonzero(prediction))
+    dice = 2.0 * np.count_nonzero(reference & prediction) / (ref_voxels + pred_voxels)
+    distances = surface_distance.compute_surface_distances(reference, prediction, spacing_mm)
+    nsd = float(surface_distance.compute_surface_dice_at_tolerance(distances, tolerance_mm))
+    return ClassScore(ref.label, ref.name, ref.expert, float(dice), nsd, ref_voxels, pred_voxels)
+
+
+@functools.cache
+def surface_distance_package() -> ModuleType:
+    """DeepMind's surface-distance, imported once, with its surfel-area table memoised per spacing.
+
+    The table depends only on the spacing but the package rebuilds it on every call, a third of the time
+    of scoring a 3 mm 'total' map class by class. The memoised builder is the package's own function.
+    """
+    import surface_distance
+    from surface_distance import lookup_tables
+
+    build = functools.lru_cache(maxsize=16)(lookup_tables.create_table_neighbour_code_to_surface_area)
+
+    def table_for(spacing_mm: Sequence[float]) -> np.ndarray:
+        return build(tuple(float(s) for s in spacing_mm))
+
+    lookup_tables.create_table_neighbour_code_to_surface_area = table_for
+    return surface_distance
+
+
+def silence_surface_distance_deprecations() -> None:
+    """Idempotent (an identical filter is replaced, not stacked); re-applied per call because test runners
+    and applications may reset the filter list."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"surface_distance(\..*)?")
+
+
+def evaluate(
+    original: np.ndarray,
+    compressed: np.ndarray,
+    spacing: Sequence[float],
+    classes: Iterable[ClassRef],
+    ground_truth: np.ndarray | None = None,
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+) -> Evaluation:
+    """Compressed vs original; with a ground truth, original and compressed vs it as well."""
+    classes = list(classes)
+    evaluation = Evaluation(
+        compare(original, compressed, spacing, classes, tolerance_mm, "original", "compressed")
+    )
+    if ground_truth is not None:
+        ground_truth = as_label_map(ground_truth, "ground truth")
+        if ground_truth.shape != np.shape(original):
+            raise MetricsError(
+                f"ground truth has shape {ground_truth.shape} but the CT grid is {np.shape(original)}: "
+                "give a label map on the CT's voxel grid"
+            )
+        evaluation.original_vs_ground_truth = compare(
+            ground_truth, original, spacing, classes, tolerance_mm, "ground truth", "original"
+        )
+        evaluation.compressed_vs_ground_truth = compare(
+            ground_truth, compressed, spacing, classes, tolerance_mm, "ground truth", "compressed"
+        )
+    return evaluation
+
+
+def classes_from_names(names: Mapping[int, str], expert: str = "") -> list[ClassRef]:
+    """ClassRefs for a {label: name} table of one expert (background 0 skipped)."""
+    return [ClassRef(int(label), name, expert) for label, name in sorted(names.items()) if int(label) > 0]

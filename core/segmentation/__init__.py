@@ -1,0 +1,1 @@
+"""Segmenting a volume as TotalSegmentator does (preprocessing, sliding window, merge), and live refresh."""

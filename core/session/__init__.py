@@ -1,0 +1,1 @@
+"""The state of one interactive session, its per-field events and its background jobs (the app's only door)."""
