@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tuckerscope.core.models.compressed_structure import CHECKPOINT_KEY, with_compressed_structure
 from tuckerscope.core.runtime.errors import UserError
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -260,10 +261,8 @@ def load_expert(spec: ExpertSpec) -> LoadedExpert:
     except Exception as exc:  # nnunetv2 raises many types on malformed plans
         raise ModelFolderError(f"plans.json in {spec.folder} does not describe a network ({exc})") from None
     checkpoint = read_checkpoint(spec.checkpoint)
-    if "tucker_compression" in checkpoint:  # written by compressed_model.save_compressed: swap in its layers
-        from tuckerscope.core.models.compressed_model import with_compressed_structure
-
-        network = with_compressed_structure(network, checkpoint["tucker_compression"])
+    if CHECKPOINT_KEY in checkpoint:  # written by compressed_model.save_compressed: swap in its layers
+        network = with_compressed_structure(network, checkpoint[CHECKPOINT_KEY])
     weights = _strip_compile_prefix(checkpoint["network_weights"])
     _check_output_channels(weights, labels, spec)
     try:
