@@ -33,7 +33,7 @@ from tuckerscope.core.compression.tucker_conv import Method, TuckerConv, as_plai
 from tuckerscope.core.runtime.errors import Cancelled, UserError
 
 Ranks = Mapping[str, tuple[int, int]]
-ProgressCallback = Callable[[int, int, str], None]
+LayerProgress = Callable[[int, int, str], None]
 CancelCheck = Callable[[], bool]
 
 
@@ -134,7 +134,7 @@ class TuckerEngine:
         return len(self._factors) == len(self.layers)
 
     def factorise(
-        self, progress: ProgressCallback | None = None, should_cancel: CancelCheck | None = None
+        self, progress: LayerProgress | None = None, should_cancel: CancelCheck | None = None
     ) -> float:
         """Factorise every layer not yet cached; returns the seconds it took. Safe to call again."""
         start = time.perf_counter()

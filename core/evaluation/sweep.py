@@ -23,10 +23,10 @@ import numpy as np
 
 from tuckerscope.core.evaluation.metrics import DEFAULT_TOLERANCE_MM, ClassRef, Comparison, compare
 from tuckerscope.core.runtime.errors import Cancelled, UserError
+from tuckerscope.core.runtime.progress import ProgressCallback
 
 DEFAULT_GRID: tuple[float, ...] = (0.9, 0.7, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
 
-ProgressCallback = Callable[[float, str], None]
 CancelSignal = Callable[[], bool] | threading.Event | None
 
 

@@ -60,9 +60,9 @@ import torch
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.models.model_sources import ts_task_of
 from tuckerscope.core.runtime.errors import Cancelled, UserError
+from tuckerscope.core.runtime.progress import ProgressCallback
 
 Roi = tuple[slice, slice, slice]
-ProgressCallback = Callable[[float, str], None]
 CancelSignal = Callable[[], bool] | threading.Event | None
 
 PRECISIONS = ("fp32", "bf16", "fp16")
