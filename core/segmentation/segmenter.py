@@ -310,6 +310,17 @@ class Segmenter:
         box = self._roi_box_in_model(check_roi(roi, self.shape), prepared)
         return len(_tiles_touching(slicers, revert_padding, box)) == len(slicers)
 
+    def model_input(
+        self, expert: LoadedExpert, recipe: Recipe | None = None, cancel: CancelSignal = None
+    ) -> torch.Tensor:
+        """The expert's input exactly as inference feeds it (C, D, H, W): TS's grid, nnU-Net's crop, normalisation
+        and resampling to the model spacing, before sliding-window padding. Cached; do not modify it in place.
+
+        Distillation trains on patches of it, so the student sees what the network sees at inference.
+        """
+        recipe = recipe or recipe_for(expert)
+        return self._prepare_unless_cancelled(expert, recipe, _cancel_checker(cancel)).data
+
     def cached_original(
         self, expert: LoadedExpert, options: InferenceOptions | None = None, recipe: Recipe | None = None
     ) -> np.ndarray | None:
