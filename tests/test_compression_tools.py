@@ -168,9 +168,13 @@ def test_pruning_zeroes_smallest_channels_at_a_matched_budget(engine: TuckerEngi
     assert torch.equal(original[name].weight, weight)  # the original is untouched
     assert result[output_layer].weight is original[output_layer].weight
     ranks = ranks_of(df_ranks(engine.layers, 0.3))
-    target = sum(c.params for c in count_network(engine, ranks).layers.values())
-    matched = prune_to_match(engine, ranks)
+    tucker = count_network(engine, ranks)
+    target = sum(c.params for c in tucker.layers.values())
+    matched = prune_to_match(engine, tucker.params)
     assert matched.conv_params_kept <= target < kept_conv_params(engine, matched.fraction - 0.02)
+    assert matched.cost.params == tucker.params - target + matched.conv_params_kept <= tucker.params
+    assert matched.cost.flops_by_op["instance_norm"] == tucker.flops_by_op["instance_norm"]
+    assert matched.cost.conv_flops < count_network(engine).conv_flops
 
 
 def test_hooi_refines_and_is_flagged(engine: TuckerEngine) -> None:
@@ -268,6 +272,33 @@ def test_cli_compress_and_bench(
     assert "no such compressible conv layer" in capsys.readouterr().err
     assert main(["bench", "forward", "--model", str(model_folder), "--df", "0.3", "--patch", "32,x"]) == 2
     assert "--patch" in capsys.readouterr().err
+
+
+def test_cli_compress_without_a_df_reports_the_original(
+    model_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What CI runs from the installed wheel: no --df is the uncompressed report, per expert and per layer."""
+    assert main(["compress", "--model", str(model_folder), "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["experts"]["tiny"]
+    assert entry["method"] == "none" and entry["ranks"] == {}
+    assert entry["params_compressed"] == entry["params_original"] > 0
+    assert entry["flops_compressed"] == entry["flops_original"] > entry["conv_flops_original"] > 0
+    assert entry["flops_by_op_original"]["instance_norm"] == entry["flops_original"] - entry["conv_flops_original"]
+    assert sum(layer["flops_original"] for layer in entry["layers"].values()) == entry["conv_flops_original"]
+
+
+def test_cli_compress_prunes_at_the_tucker_parameter_count(
+    model_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reports = {}
+    for method in ("tucker", "prune"):
+        assert main(["compress", "--model", str(model_folder), "--df", "0.3", "--method", method, "--json"]) == 0
+        reports[method] = json.loads(capsys.readouterr().out)["experts"]["tiny"]
+    tucker, pruned = reports["tucker"], reports["prune"]  # the tiny model's few channels: coarse steps
+    assert pruned["method"] == "prune" and 0 < pruned["prune_fraction"] < 1
+    assert 0.85 * tucker["params_compressed"] <= pruned["params_compressed"] <= tucker["params_compressed"]
+    assert main(["compress", "--model", str(model_folder), "--df", "0.3", "--method", "prune", "--hooi"]) == 2
+    assert "--hooi" in capsys.readouterr().err
 
 
 def test_plain_convs_compute_the_same_function(engine: TuckerEngine) -> None:

@@ -1,8 +1,11 @@
-"""`tuckerscope compress`: Tucker-compress experts at a DF (or per-layer ranks), report sizes, optionally save.
+"""`tuckerscope compress`: Tucker-compress (or prune) experts at a DF or per-layer ranks, report sizes, save.
 
-Prints, per expert and in total, parameters and FLOPs (one multiply-add = one FLOP, one patch of the plans'
-size, no deep-supervision heads) before and after; --json prints one JSON object with the ranks per layer;
--o writes each compressed expert as an nnU-Net-style results folder that `tuckerscope segment --model` runs.
+Prints, per expert and in total, parameters and FLOPs before and after: FLOPs as fvcore counts them (one
+multiply-add = one FLOP, convs plus instance norms, one patch of the plans' size, no deep-supervision heads),
+with the conv-only figure beside them; --json prints one JSON object with the ranks and costs per layer; -o
+writes each compressed expert as an nnU-Net-style results folder that `tuckerscope segment --model` runs.
+Without --df, --ev or --layer nothing is compressed: the report is the original experts' sizes per layer.
+--method prune runs the paper's baseline instead: channel pruning at the Tucker setting's parameter count.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tuckerscope.core.compression.counting import count_network
+from tuckerscope.core.compression.counting import NetworkCost, count_network
 from tuckerscope.core.compression.hooi import refine_with_hooi
+from tuckerscope.core.compression.pruning import prune_to_match
 from tuckerscope.core.compression.ranks import (
     RankChoice,
     RankPolicyError,
@@ -40,10 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compress",
         help="Tucker-compress experts and report parameters and FLOPs",
         description="Tucker-compress every conv of each expert (DF rule: r = ceil(C x DF), at least 8, at most "
-        "C, per channel mode) and report parameters and FLOPs before and after.",
+        "C, per channel mode) and report parameters and FLOPs (fvcore's count, conv-only beside it) before and "
+        "after. Without --df, --ev or --layer: the uncompressed experts' parameters and FLOPs, per layer.",
     )
     add_model_argument(parser)
     add_df_argument(parser)
+    add_method_argument(parser)
     parser.add_argument(
         "--ev",
         type=float,
@@ -93,6 +99,20 @@ def add_df_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+METHODS = ("tucker", "prune")
+
+
+def add_method_argument(parser: argparse.ArgumentParser) -> None:
+    """--method as compress, segment, eval and report take it."""
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="tucker",
+        help="tucker (default) or prune: the paper's baseline, zeroing each conv's smallest-norm output "
+        "channels down to the Tucker network's parameter count at the same DF",
+    )
+
+
 @contextmanager
 def quiet_nnunet() -> Iterator[None]:
     """nnU-Net warns on every load of TS's old-format plans; TotalSegmentator silences it the same way."""
@@ -130,12 +150,10 @@ def parse_layer_options(values: list[str], expert_names: list[str]) -> dict[str,
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.df and args.ev is None and not args.layer:
-        raise UserError(
-            "say how much to compress: --df 0.3, --df EXPERT=0.3, --ev 0.9 or --layer NAME=R_OUT,R_IN"
-        )
     if args.df and args.ev is not None:
         raise UserError("use either --df or --ev, not both")
+    if args.method == "prune" and args.hooi:
+        raise UserError("--hooi refines Tucker factors; it does not apply to --method prune")
     experts = load_experts(args.model)
     names = [e.name for e in experts]
     dfs = parse_df_options(args.df, names)
@@ -147,7 +165,14 @@ def run(args: argparse.Namespace) -> int:
         )
     report["total"] = {
         key: sum(entry[key] for entry in report["experts"].values())
-        for key in ("params_original", "params_compressed", "flops_original", "flops_compressed")
+        for key in (
+            "params_original",
+            "params_compressed",
+            "flops_original",
+            "flops_compressed",
+            "conv_flops_original",
+            "conv_flops_compressed",
+        )
     }
     if args.json:
         json.dump(report, sys.stdout, indent=2)
@@ -170,24 +195,49 @@ def compress_one(
         choices = {}
     choices = with_overrides(choices, overrides, engine.layers)
     ranks = ranks_of(choices)
-    refined = refine_with_hooi(engine, ranks) if args.hooi else None
-    network = engine.compress(ranks, refined=refined)
-    original, compressed = count_network(engine), count_network(engine, ranks)
-    entry: dict[str, Any] = {
-        "folder": str(expert.spec.folder),
-        "df": df,
-        "ev_threshold": args.ev,
-        "method": "hooi" if args.hooi else "hosvd-slice",
+    original = count_network(engine)
+    entry: dict[str, Any] = {"folder": str(expert.spec.folder), "df": df, "ev_threshold": args.ev}
+    if not choices:
+        network, compressed = None, original
+        entry["method"] = "none"
+    elif args.method == "prune":
+        pruned = prune_to_match(engine, count_network(engine, ranks).params)
+        network, compressed = pruned.network, pruned.cost
+        entry.update(method="prune", prune_fraction=pruned.fraction, matched_to="tucker params")
+    else:
+        refined = refine_with_hooi(engine, ranks) if args.hooi else None
+        network = engine.compress(ranks, refined=refined)
+        compressed = count_network(engine, ranks)
+        entry["method"] = "hooi" if args.hooi else "hosvd-slice"
+    entry.update(cost_fields(original, compressed))
+    entry["ranks"] = {name: _rank_entry(choice, engine, name) for name, choice in choices.items()}
+    entry["layers"] = {
+        name: {
+            "params_original": cost.params,
+            "params_compressed": compressed.layers[name].params,
+            "flops_original": cost.flops,
+            "flops_compressed": compressed.layers[name].flops,
+        }
+        for name, cost in original.layers.items()
+    }
+    if args.output is not None and network is not None:
+        extra = {"df": df, "ev_threshold": args.ev, "round_to": args.round_to, "compression": entry["method"]}
+        entry["output_folder"] = str(save_compressed(expert, network, args.output, extra))
+    return entry
+
+
+def cost_fields(original: NetworkCost, compressed: NetworkCost) -> dict[str, Any]:
+    """The counts fields of compress --json: fvcore-style totals, conv-only beside them, and per op type."""
+    return {
         "params_original": original.params,
         "params_compressed": compressed.params,
         "flops_original": original.flops,
         "flops_compressed": compressed.flops,
-        "ranks": {name: _rank_entry(choice, engine, name) for name, choice in choices.items()},
+        "conv_flops_original": original.conv_flops,
+        "conv_flops_compressed": compressed.conv_flops,
+        "flops_by_op_original": original.flops_by_op,
+        "flops_by_op_compressed": compressed.flops_by_op,
     }
-    if args.output is not None:
-        extra = {"df": df, "ev_threshold": args.ev, "round_to": args.round_to}
-        entry["output_folder"] = str(save_compressed(expert, network, args.output, extra))
-    return entry
 
 
 def _rank_entry(choice: RankChoice, engine: TuckerEngine, name: str) -> dict[str, Any]:
@@ -202,8 +252,11 @@ def _rank_entry(choice: RankChoice, engine: TuckerEngine, name: str) -> dict[str
 
 
 def print_table(report: Mapping[str, Any]) -> None:
-    header = f"{'expert':<14}{'DF':>6}{'params':>14}{'compressed':>14}{'ratio':>8}{'GFLOPs':>10}{'compr.':>10}{'ratio':>8}"
-    print(header)
+    """GFLOPs as fvcore counts them (convs and norms), conv-only beside them."""
+    print(
+        f"{'expert':<14}{'DF':>6}{'params':>14}{'compressed':>14}{'ratio':>8}"
+        f"{'GFLOPs':>10}{'compr.':>10}{'ratio':>8}{'conv GFLOPs':>13}{'compr.':>10}"
+    )
     rows = list(report["experts"].items()) + [("total", report["total"])]
     for name, entry in rows:
         df = entry.get("df")
@@ -211,8 +264,9 @@ def print_table(report: Mapping[str, Any]) -> None:
             f"{name:<14}{(f'{df:g}' if df is not None else '-'):>6}"
             f"{entry['params_original']:>14,}{entry['params_compressed']:>14,}"
             f"{entry['params_original'] / entry['params_compressed']:>7.2f}x"
-            f"{entry['flops_original'] / 1e9:>10.1f}{entry['flops_compressed'] / 1e9:>10.1f}"
+            f"{entry['flops_original'] / 1e9:>10.2f}{entry['flops_compressed'] / 1e9:>10.2f}"
             f"{entry['flops_original'] / entry['flops_compressed']:>7.2f}x"
+            f"{entry['conv_flops_original'] / 1e9:>13.2f}{entry['conv_flops_compressed'] / 1e9:>10.2f}"
         )
         if entry.get("output_folder"):
             print(f"{'':<14}saved to {entry['output_folder']}")

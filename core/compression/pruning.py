@@ -1,9 +1,11 @@
 """The paper's baseline: channel pruning that zeroes each conv's output channels with the smallest L2 norm.
 
 The same fraction of output channels is zeroed in every compressible conv (weights and bias), except the
-network's output layer, whose channels are the class logits. To compare with Tucker at the same size, the
-fraction is chosen so that the remaining (non-zeroed) conv parameters match the Tucker setting's conv
-parameters as closely as possible.
+network's output layer, whose channels are the class logits. To compare with Tucker at the same size
+(``prune_to_match``), the fraction is the smallest whose parameter count (non-zero conv parameters plus the
+norms') does not exceed the Tucker network's. A pruned network's parameters and FLOPs are those of its
+non-zero weights, as if the zeroed output channels were removed (the dense copy that runs still multiplies
+them); FLOPs of the other ops (norms) are the original's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import torch
 from torch import nn
 
 from tuckerscope.core.compression.conv_layers import ConvLayer, conv_modules, copy_with_replacements
-from tuckerscope.core.compression.counting import count_network
+from tuckerscope.core.compression.counting import (
+    CONV,
+    LayerCost,
+    NetworkCost,
+    count_network,
+    non_conv_params,
+    original_layer_cost,
+)
 from tuckerscope.core.compression.tucker import TuckerEngine, layer_kernel
 from tuckerscope.core.runtime.errors import UserError
 
@@ -33,6 +42,7 @@ class PrunedNetwork:
     conv_params_kept: int
     conv_params_target: int | None
     channels_zeroed: dict[str, int]
+    cost: NetworkCost
 
 
 def prunable_layers(engine: TuckerEngine) -> list[ConvLayer]:
@@ -91,16 +101,48 @@ def prune(engine: TuckerEngine, fraction: float) -> PrunedNetwork:
         replacements[layer.name] = _with_channels_zeroed(original, zeroed, layer.transposed)
         zeroed_counts[layer.name] = count
     network = copy_with_replacements(engine.network, replacements)
-    return PrunedNetwork(network, fraction, kept_conv_params(engine, fraction), None, zeroed_counts)
+    kept = kept_conv_params(engine, fraction)
+    return PrunedNetwork(network, fraction, kept, None, zeroed_counts, pruned_cost(engine, zeroed_counts))
 
 
-def prune_to_match(engine: TuckerEngine, ranks: Mapping[str, tuple[int, int]]) -> PrunedNetwork:
-    """Prune to the conv-parameter budget of the Tucker setting ``ranks`` (the paper's comparison)."""
-    cost = count_network(engine, ranks)
-    target = sum(c.params for c in cost.layers.values())
-    pruned = prune(engine, fraction_for_budget(engine, target))
+def prune_to_match(engine: TuckerEngine, params_target: int) -> PrunedNetwork:
+    """The paper's baseline at a matched budget: pruned to at most ``params_target`` parameters.
+
+    ``params_target`` counts as count_network does (e.g. ``count_network(engine, tucker_ranks).params``).
+    """
+    conv_target = params_target - non_conv_params(engine.network)
+    if conv_target <= 0:
+        raise PruningError(f"a budget of {params_target:,} parameters leaves no conv weights")
+    pruned = prune(engine, fraction_for_budget(engine, conv_target))
     return PrunedNetwork(
-        pruned.network, pruned.fraction, pruned.conv_params_kept, target, pruned.channels_zeroed
+        pruned.network,
+        pruned.fraction,
+        pruned.conv_params_kept,
+        conv_target,
+        pruned.channels_zeroed,
+        pruned.cost,
+    )
+
+
+def pruned_cost(engine: TuckerEngine, channels_zeroed: Mapping[str, int]) -> NetworkCost:
+    """Parameters and FLOPs of the non-zero weights, per layer and in total (other ops as the original's)."""
+    original = count_network(engine)
+    layers: dict[str, LayerCost] = {}
+    shapes = engine.layer_shapes or {}  # count_network above needs them
+    for layer in engine.layers:
+        cost = original_layer_cost(layer, shapes[layer.name])
+        kept = layer.out_channels - channels_zeroed.get(layer.name, 0)
+        layers[layer.name] = LayerCost(
+            layer.params * kept // layer.out_channels, cost.flops * kept // layer.out_channels
+        )
+    by_op = dict(original.flops_by_op)
+    by_op[CONV] += sum(c.flops for c in layers.values()) - sum(c.flops for c in original.layers.values())
+    return NetworkCost(
+        params=non_conv_params(engine.network) + sum(c.params for c in layers.values()),
+        flops=sum(by_op.values()),
+        conv_flops=by_op[CONV],
+        flops_by_op=by_op,
+        layers=layers,
     )
 
 
