@@ -175,6 +175,7 @@ def test_pruning_zeroes_smallest_channels_at_a_matched_budget(engine: TuckerEngi
     assert matched.cost.params == tucker.params - target + matched.conv_params_kept <= tucker.params
     assert matched.cost.flops_by_op["instance_norm"] == tucker.flops_by_op["instance_norm"]
     assert matched.cost.conv_flops < count_network(engine).conv_flops
+    assert prune_to_match(engine, ranks).fraction == matched.fraction  # ranks: that Tucker network's count
 
 
 def test_hooi_refines_and_is_flagged(engine: TuckerEngine) -> None:

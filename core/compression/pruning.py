@@ -105,11 +105,13 @@ def prune(engine: TuckerEngine, fraction: float) -> PrunedNetwork:
     return PrunedNetwork(network, fraction, kept, None, zeroed_counts, pruned_cost(engine, zeroed_counts))
 
 
-def prune_to_match(engine: TuckerEngine, params_target: int) -> PrunedNetwork:
-    """The paper's baseline at a matched budget: pruned to at most ``params_target`` parameters.
+def prune_to_match(engine: TuckerEngine, budget: int | Mapping[str, tuple[int, int]]) -> PrunedNetwork:
+    """The paper's baseline at a matched budget: pruned to at most ``budget`` parameters.
 
-    ``params_target`` counts as count_network does (e.g. ``count_network(engine, tucker_ranks).params``).
+    ``budget`` is a parameter count as count_network counts it, or Tucker ranks, meaning that Tucker
+    network's count (``count_network(engine, ranks).params``): the paper's comparison at the same DF.
     """
+    params_target = budget if isinstance(budget, int) else count_network(engine, budget).params
     conv_target = params_target - non_conv_params(engine.network)
     if conv_target <= 0:
         raise PruningError(f"a budget of {params_target:,} parameters leaves no conv weights")
