@@ -160,8 +160,15 @@ def test_mr_like_volume_loads_with_a_warning(tmp_path):
     assert any("CT model" in w for w in volume.warnings)
 
 
-def write_dicom_series(folder: Path, data: np.ndarray, series_uid: str, modality: str = "CT") -> None:
-    """A minimal CT series (one file per z slice) written with pydicom."""
+def write_dicom_series(
+    folder: Path,
+    data: np.ndarray,
+    series_uid: str,
+    modality: str = "CT",
+    orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    slice_step: tuple[float, float, float] = (0.0, 0.0, 2.5),
+) -> None:
+    """A minimal CT series (one file per z slice) written with pydicom; ``data`` is (columns, rows, slices)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -182,8 +189,8 @@ def write_dicom_series(folder: Path, data: np.ndarray, series_uid: str, modality
         ds.Modality = modality
         ds.PatientID = "phantom"
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.ImagePositionPatient = [10.0 + slice_step[0] * k, -20.0 + slice_step[1] * k, slice_step[2] * k]
+        ds.ImageOrientationPatient = list(orientation)
         ds.PixelSpacing = [0.8, 0.7]
         ds.SliceThickness = 2.5
         ds.Rows, ds.Columns = data.shape[1], data.shape[0]
@@ -206,10 +213,33 @@ def test_dicom_series_folder(tmp_path):
     volume = load_volume(tmp_path / "dcm")
     assert volume.shape == data.shape
     assert volume.modality == "CT"
-    np.testing.assert_array_equal(volume.data, data.astype(np.float32))
-    # DICOM is LPS: x grows to the patient's left, so the RAS affine flips x and y.
-    assert volume.axis_codes == ("L", "P", "S")
+    # DICOM rows run to the patient's posterior; TS (dicom2nifti) stores them anterior first: y is flipped.
+    np.testing.assert_array_equal(volume.data, data[:, ::-1, :].astype(np.float32))
+    assert volume.axis_codes == ("L", "A", "S")
     assert volume.spacing == pytest.approx((0.7, 0.8, 2.5))
+
+
+@pytest.mark.parametrize(
+    ("orientation", "step"),
+    [
+        ((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 2.5)),  # axial, the usual LPS series
+        ((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (0.0, 0.0, -2.5)),  # rows flipped, slices head to feet
+        ((1.0, 0.0, 0.0, 0.0, 0.0, -1.0), (0.0, 2.5, 0.0)),  # coronal
+    ],
+    ids=["axial", "flipped", "coronal"],
+)
+def test_dicom_series_on_the_grid_ts_gives_it(tmp_path, orientation, step):
+    """Voxel for voxel what TotalSegmentator's DICOM conversion (dicom2nifti, reorient_nifti=True) writes."""
+    import dicom2nifti
+    from pydicom.uid import generate_uid
+
+    write_dicom_series(tmp_path / "dcm", ct_like((24, 20, 12)), generate_uid(), orientation=orientation, slice_step=step)
+    dicom2nifti.dicom_series_to_nifti(str(tmp_path / "dcm"), str(tmp_path / "ts.nii.gz"), reorient_nifti=True)
+    ts = nib.load(tmp_path / "ts.nii.gz")
+    volume = load_volume(tmp_path / "dcm")
+    assert volume.shape == ts.shape
+    np.testing.assert_array_equal(volume.data, np.asarray(ts.dataobj, dtype=np.float32))
+    np.testing.assert_allclose(volume.affine, ts.affine, atol=1e-4)
 
 
 def test_mixed_dicom_series_uses_the_largest_and_says_so(tmp_path):

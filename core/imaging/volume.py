@@ -1,7 +1,9 @@
 """Load a CT volume (NIfTI file or DICOM series folder) and refuse what cannot be segmented, saying why.
 
-Arrays are nibabel-ordered (x, y, z) with a voxel-to-RAS+ world affine, whatever the orientation on disk: the
-segmenter reorients as TotalSegmentator does and returns labels on this very grid. Every rejection is a specific
+Arrays are nibabel-ordered (x, y, z) with a voxel-to-RAS+ world affine. A NIfTI file keeps its own grid; a
+DICOM series is put in the voxel order TotalSegmentator gives it (dicom2nifti's LAS: x right to left, y
+posterior to anterior, z inferior to superior), so what is written for it lines up voxel by voxel with TS's
+output. The segmenter reorients as TotalSegmentator does and returns labels on this very grid. Every rejection is a specific
 ``VolumeError`` subclass with a one-line message, so the CLI and the GUI can show it as is.
 """
 
@@ -286,7 +288,24 @@ def _read_dicom_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, str, list[
         reader.GetMetaData(0, "0008|0060").strip().upper() if reader.HasMetaDataKey(0, "0008|0060") else ""
     )
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
-    return data, _sitk_affine(image), modality or "unknown", warnings
+    data, affine = as_dicom2nifti_axes(data, _sitk_affine(image))
+    return data, affine, modality or "unknown", warnings
+
+
+DICOM2NIFTI_AXES = ("L", "A", "S")
+
+
+def as_dicom2nifti_axes(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same voxels in dicom2nifti's axis order (TS converts DICOM with its ``reorient_nifti=True``).
+
+    A lossless flip/permutation of the array (each voxel axis to the world axis it is closest to, as
+    dicom2nifti picks each plane's normal component), with the affine changed to match: the physical
+    space is unchanged.
+    """
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(DICOM2NIFTI_AXES))
+    reoriented = np.ascontiguousarray(nib.orientations.apply_orientation(data, transform))
+    return reoriented, affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
 
 
 def _check_slice_steps(reader: object, count: int, folder: Path) -> None:
