@@ -1,0 +1,268 @@
+"""The work of one cohort task, as it runs on a Dask worker: segment, score, write the result atomically.
+
+An original task segments the case with the expert's own network, caches the labels on disk
+(RESULTS/originals/CASE/EXPERT.npz) and scores them against the ground truth. A setting task builds the
+compressed network, segments, and scores against that cached original (and the ground truth). Either writes
+its result file with write-then-rename, so a worker killed mid-task leaves nothing behind but a task the
+scheduler runs again.
+
+A case that cannot be read (or an expert that cannot run on it) is a result too: status 'failed' with the
+reason, written like any other, so the cohort goes on and the failure shows in RESULTS/failures.csv.
+
+Each worker process keeps the experts, their factorised engines and the current case's preprocessing in
+memory, so the tasks of one case pay for loading and preprocessing once per worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tuckerscope.core.cohorts.ground_truth import find_label_table, match_by_name, read_label_table
+from tuckerscope.core.cohorts.plan import ORIGINAL, CohortPlan, Task
+from tuckerscope.core.compression.counting import NetworkCost, count_network
+from tuckerscope.core.compression.pruning import prune_to_match
+from tuckerscope.core.compression.ranks import df_ranks, ranks_of
+from tuckerscope.core.compression.tucker import TuckerEngine
+from tuckerscope.core.evaluation.case_run import load_ground_truth
+from tuckerscope.core.evaluation.metrics import Comparison, classes_from_names, compare
+from tuckerscope.core.imaging.phantom import CLASS_GROUPS
+from tuckerscope.core.imaging.volume import Volume, load_volume
+from tuckerscope.core.models.compressed_model import MANIFEST_NAME
+from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, spec_from_folder
+from tuckerscope.core.models.model_sources import ModelSource, resolve_source
+from tuckerscope.core.outputs.exports import atomic_outputs, write_text
+from tuckerscope.core.runtime.errors import UserError
+from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter
+
+DONE, FAILED = "done", "failed"
+RECOVERABLE = (UserError, OSError, EOFError, ValueError)
+"""Errors that a case or a model folder causes (unreadable, corrupt, wrong grid): recorded, never retried.
+Anything else is a defect or a lost worker; it propagates so that Dask retries the task."""
+
+
+def original_labels_path(results: Path, task: Task) -> Path:
+    return Path(results) / "originals" / task.case.name / f"{task.expert}.npz"
+
+
+def run_task(plan: CohortPlan, task: Task, results: Path, after: object = None) -> dict[str, Any]:
+    """Run `task` and write its result file; returns the record written (small: no label maps).
+
+    `after` is the original task's record for a setting: Dask passes it, so the setting runs after it.
+    """
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "task": task.key,
+        "case": task.case.name,
+        "expert": task.expert,
+        "setting": task.setting.key,
+        "method": task.setting.method,
+        "df": task.setting.df,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    try:
+        if task.setting.method == ORIGINAL:
+            record.update(_run_original(plan, task, Path(results)))
+        else:
+            record.update(_run_setting(plan, task, Path(results)))
+        record["status"] = DONE
+    except RECOVERABLE as exc:
+        record.update(status=FAILED, reason=str(exc) or type(exc).__name__, rows=[])
+    record["task_seconds"] = time.perf_counter() - started
+    write_record(task.result_path(results), record)
+    return {k: v for k, v in record.items() if k != "rows"}
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(record, indent=1, allow_nan=True))
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A finished task's record, or None when there is none (a torn file cannot exist: writes are atomic)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _run_original(plan: CohortPlan, task: Task, results: Path) -> dict[str, Any]:
+    volume, segmenter = _case(str(task.case.ct))
+    expert = _expert(plan.model, task.expert)
+    started = time.perf_counter()
+    labels = segmenter.segment(expert, options=_options(plan))
+    seconds = time.perf_counter() - started
+    path = original_labels_path(results, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs() as out:
+        np.savez_compressed(out.file_for(path), labels=labels, seconds=seconds)
+    cost = count_network(_engine(plan.model, task.expert))
+    scores = _scores(plan, task, volume, expert, None, labels)
+    return {"segment_seconds": seconds, **_rows(task, cost.params, cost.flops, cost, seconds, scores)}
+
+
+def _run_setting(plan: CohortPlan, task: Task, results: Path) -> dict[str, Any]:
+    cached = original_labels_path(results, task)
+    if not cached.is_file():
+        raise OSError(f"the original segmentation of {task.case.name} by {task.expert} failed, so it has no setting scores")
+    with np.load(cached) as stored:
+        original = stored["labels"]
+    volume, segmenter = _case(str(task.case.ct))
+    expert = _expert(plan.model, task.expert)
+    engine = _engine(plan.model, task.expert)
+    original_cost = count_network(engine)
+    if task.setting.model is not None:
+        network, params, flops = _distilled(task.setting.model, engine)
+    else:
+        network, cost = compressed_network(engine, task.setting.method, float(task.setting.df))
+        params, flops = cost.params, cost.flops
+    started = time.perf_counter()
+    labels = segmenter.segment(expert, network, options=_options(plan))
+    seconds = time.perf_counter() - started
+    scores = _scores(plan, task, volume, expert, original, labels)
+    return {"segment_seconds": seconds, **_rows(task, params, flops, original_cost, seconds, scores)}
+
+
+def compressed_network(engine: TuckerEngine, method: str, df: float) -> tuple[nn.Module, NetworkCost]:
+    """Tucker at the DF rule's ranks, or pruning matched to that Tucker network's parameters (the paper's
+    comparison), with its parameters and FLOPs."""
+    ranks = ranks_of(df_ranks(engine.layers, df))
+    if method == "prune":
+        pruned = prune_to_match(engine, ranks)
+        return pruned.network.eval(), pruned.cost
+    return engine.compress(ranks).eval(), count_network(engine, ranks)
+
+
+def _scores(
+    plan: CohortPlan,
+    task: Task,
+    volume: Volume,
+    expert: LoadedExpert,
+    original: np.ndarray | None,
+    labels: np.ndarray,
+) -> dict[str, Comparison | list[str] | None]:
+    classes = classes_from_names(expert.class_names, expert.name)
+    versus_original = (
+        compare(original, labels, volume.spacing, classes, plan.tolerance_mm) if original is not None else None
+    )
+    versus_truth, unmatched = None, []
+    if task.case.ground_truth is not None:
+        truth, unmatched = _truth(str(task.case.ground_truth), str(task.case.ct), plan.model, task.expert)
+        versus_truth = compare(truth, labels, volume.spacing, classes, plan.tolerance_mm, "ground truth")
+    return {"original": versus_original, "truth": versus_truth, "unmatched": unmatched}
+
+
+def _rows(task: Task, params: int, flops: int, original_cost: Any, seconds: float, scores: dict) -> dict[str, Any]:
+    """One row per class scored in either comparison (a class empty everywhere has no row)."""
+    versus_original: Comparison | None = scores["original"]
+    versus_truth: Comparison | None = scores["truth"]
+    unmatched = set(scores["unmatched"])
+    by_class: dict[str, dict[str, Any]] = {}
+    nan = math.nan
+    for comparison, suffix in ((versus_original, ""), (versus_truth, "_gt")):
+        for score in comparison.scores if comparison is not None else []:
+            if suffix and score.name in unmatched:
+                continue
+            row = by_class.setdefault(score.name, {"label": score.label})
+            row[f"dice{suffix}"], row[f"nsd{suffix}"] = score.dice, score.nsd
+            row[f"status{suffix}"] = score.status
+    rows = [
+        {
+            "case": task.case.name,
+            "expert": task.expert,
+            "class": name,
+            "label": values["label"],
+            "method": task.setting.method,
+            "setting": task.setting.key,
+            "df": task.setting.df if task.setting.df is not None else nan,
+            "params": params,
+            "flops": flops,
+            "params_ratio": original_cost.params / max(params, 1),
+            "flops_ratio": original_cost.flops / max(flops, 1),
+            "dice": values.get("dice", nan),
+            "nsd": values.get("nsd", nan),
+            "status": values.get("status", ""),
+            "dice_gt": values.get("dice_gt", nan),
+            "nsd_gt": values.get("nsd_gt", nan),
+            "seconds": seconds,
+        }
+        for name, values in sorted(by_class.items(), key=lambda item: item[1]["label"])
+    ]
+    return {"rows": rows, "gt_unmatched": sorted(unmatched)}
+
+
+def _options(plan: CohortPlan) -> InferenceOptions:
+    return InferenceOptions(device=plan.device, precision=plan.precision, threads=plan.threads)
+
+
+# -- per-worker caches -----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _source(model: str) -> ModelSource:
+    return resolve_source(task="demo") if model == "demo" else resolve_source(model=Path(model))
+
+
+@functools.lru_cache(maxsize=8)
+def _experts(model: str) -> dict[str, LoadedExpert]:
+    return {expert.name: expert for expert in _source(model).load()}
+
+
+def _expert(model: str, name: str) -> LoadedExpert:
+    return _experts(model)[name]
+
+
+@functools.lru_cache(maxsize=8)
+def _engine(model: str, name: str) -> TuckerEngine:
+    """On the network as nnU-Net runs it (one patch), factorised once per worker: slicing it per DF is instant."""
+    expert = _expert(model, name)
+    channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
+    engine = TuckerEngine(expert.network, (1, channels, *expert.patch_size))
+    engine.factorise()
+    return engine
+
+
+@functools.lru_cache(maxsize=1)
+def _case(ct: str) -> tuple[Volume, Segmenter]:
+    """The current case: tasks arrive case by case, so one cached case keeps memory bounded on big CTs."""
+    volume = load_volume(ct)
+    return volume, Segmenter(volume.data, volume.affine)
+
+
+@functools.lru_cache(maxsize=4)
+def _truth(path: str, ct: str, model: str, expert: str) -> tuple[np.ndarray, list[str]]:
+    """The case's ground truth in the expert's own labels, matched by class name (see ground_truth)."""
+    volume, _ = _case(ct)
+    truth = load_ground_truth(Path(path), volume)
+    table = find_label_table(Path(path))
+    source = _source(model)
+    own = _expert(model, expert).class_names
+    if table is None:  # the model's merged numbering, as `eval --gt` reads it
+        names = source.class_names
+    else:
+        names = read_label_table(table)
+    return match_by_name(truth, names, own, CLASS_GROUPS)
+
+
+def _distilled(folder: Path, engine: TuckerEngine) -> tuple[nn.Module, int, int]:
+    """A saved compressed (e.g. distilled) expert's network and its cost, counted as the engine counts Tucker
+    ranks when its manifest names them; otherwise (pruned) its non-zero parameters at the original's FLOPs."""
+    network = load_expert(spec_from_folder(folder)).network
+    manifest_path = Path(folder) / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    ranks = {name: tuple(entry["ranks"]) for name, entry in (manifest.get("layers") or {}).items()}
+    if ranks:
+        cost = count_network(engine, ranks)
+        return network, cost.params, cost.flops
+    kept = sum(int(torch.count_nonzero(p)) for p in network.parameters())
+    return network, kept, count_network(engine).flops
