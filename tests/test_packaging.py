@@ -74,3 +74,62 @@ def test_desktop_metadata_validates(tool, args, path):
         pytest.skip(f"{tool} not installed (apt-get install desktop-file-utils appstream)")
     result = subprocess.run([tool, *args, str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _fake_bundle(folder: Path) -> Path:
+    """A stand-in for a built bundle: an executable that answers --version like the real one."""
+    folder.mkdir(parents=True)
+    exe = folder / "tuckerscope"
+    exe.write_text(f"#!/bin/sh\necho 'tuckerscope {__version__}'\n")
+    exe.chmod(0o755)
+    (folder / "_internal").mkdir()
+    (folder / "_internal" / "payload.bin").write_bytes(b"x" * 10)
+    return folder
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*") if not path.is_dir()}
+
+
+def test_install_puts_bundle_entry_and_icon_in_home_and_uninstall_removes_exactly_that(tmp_path):
+    home = tmp_path / "home"
+    (home / ".config" / "TuckerScope").mkdir(parents=True)
+    (home / ".config" / "TuckerScope" / "TuckerScope.conf").write_text("[General]\n")
+    (home / ".local" / "share" / "applications").mkdir(parents=True)
+    (home / ".local" / "share" / "applications" / "other.desktop").write_text("[Desktop Entry]\n")
+    before = _tree(home)
+    bundle = _fake_bundle(tmp_path / "dist" / "tuckerscope")
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+
+    installed = subprocess.run(
+        ["bash", str(PACKAGING / "install.sh"), str(bundle)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert f"TuckerScope {__version__} installed" in installed.stdout
+    data = home / ".local" / "share"
+    exe = data / "tuckerscope" / "bundle" / "tuckerscope"
+    entry = data / "applications" / DESKTOP_FILE.name
+    assert (home / ".local" / "bin" / "tuckerscope").resolve() == exe
+    assert f'Exec="{exe}" %f' in entry.read_text()
+    assert (data / "icons" / "hicolor" / "256x256" / "apps" / "io.github.tuckerscope.TuckerScope.png").is_file()
+    assert (data / "metainfo" / METAINFO_FILE.name).is_file()
+    if shutil.which("desktop-file-validate"):
+        check = subprocess.run(["desktop-file-validate", str(entry)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+
+    removed = subprocess.run(
+        [str(data / "tuckerscope" / "uninstall.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert _tree(home) == before  # the user's settings and other apps' entries stay; nothing of ours does
+    assert not (data / "tuckerscope").exists()
+    assert f"kept your settings: {home}/.config/TuckerScope" in removed.stdout
+
+
+def test_uninstall_without_install_says_so(tmp_path):
+    result = subprocess.run(
+        ["bash", str(PACKAGING / "uninstall.sh")], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "not installed" in result.stderr
