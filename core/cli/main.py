@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from tuckerscope import __version__
 from tuckerscope.core.runtime.errors import UserError
 
-COMMANDS: tuple[str, ...] = ("demo", "segment", "eval", "report", "compress", "bench", "phantom", "cohort")
+COMMANDS: tuple[str, ...] = ("demo", "segment", "eval", "report", "compress", "bench", "phantom", "cohort", "distil")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -1,0 +1,1 @@
+"""Label-free recovery of compressed experts: distil the original network (teacher) into its compressed copy."""

@@ -1,0 +1,658 @@
+"""One distillation job: teacher = the original network (frozen), student = its compressed copy, no labels.
+
+    distiller = Distiller(expert, data, DistilConfig(method="tucker", df=0.2, steps=200, seed=0))
+    result = distiller.run(progress=on_progress, on_step=on_step, cancel=event)   # blocking; run it off the UI
+    save_distilled(expert, result, out_dir)                                        # a loadable model folder
+
+What a step does: draw ``batch_size`` patches from the pool (patches + cached teacher outputs, pool.py) with a
+numpy Generator keyed by (seed, stage, step), run the student on them (autocast on CUDA, or bf16 when asked),
+take the loss (losses.py), clip the gradient norm at 12 (nnU-Net's value), one Adam step (lr 3e-4), and
+re-zero pruned channels. The batch choice depends only on the key, and nothing else in a step is random, so a
+run is deterministic from its seed and a resumed run continues exactly where the checkpoint left it.
+
+A teacher-assistant chain (``assistant_dfs``, e.g. (0.5,)) distils DF 0.5 from the original first, then the
+target DF from that assistant (Mirzadeh et al., for large teacher-student gaps). The budget is split evenly
+over the stages. The budget (``steps`` or ``minutes``) counts training steps; the teacher's pass over the pool
+(once per patch per stage) comes before and is reported separately.
+
+Background-job behaviour: ``on_step`` after every step (loss terms, s/step, ETA: a live loss curve),
+``progress(fraction, message)`` for a status bar, ``cancel`` (a threading.Event or a callable) checked before
+every module's forward, so a cancel lands within one layer of the current pass; the state after the last
+finished step is then written to ``checkpoint_path`` and Cancelled is raised. Checkpoints are also written
+every ``checkpoint_every_seconds`` and at the end of every stage (atomically, weights_only-loadable).
+Memory: the pool, parameter and activation bytes are estimated before anything is built and a run over
+``max_memory_bytes`` is refused with the breakdown; the result reports the estimate and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tuckerscope.core.compression.ranks import check_df
+from tuckerscope.core.compression.tucker import TuckerEngine
+from tuckerscope.core.distillation.data import ScanSource
+from tuckerscope.core.distillation.losses import DistillationLoss, LossWeights
+from tuckerscope.core.distillation.pool import (
+    PatchPool,
+    build_pool,
+    check_patch_size,
+    stage_outputs,
+    trace_layout,
+)
+from tuckerscope.core.distillation.students import METHODS, Method, Student, expert_engine, make_student
+from tuckerscope.core.models.model_folder import LoadedExpert
+from tuckerscope.core.runtime.errors import Cancelled, UserError
+from tuckerscope.core.runtime.memory import process_memory_kb
+
+ProgressCallback = Callable[[float, str], None]
+CancelSignal = Callable[[], bool] | threading.Event | None
+CHECKPOINT_FORMAT = "tuckerscope-distillation-checkpoint/1"
+GRADIENT_CLIP = 12.0
+ETA_WINDOW = 10
+PRECISIONS = ("fp32", "bf16")
+
+
+class DistillationError(UserError):
+    """A distillation setting, budget, device or checkpoint that cannot be used."""
+
+
+@dataclass(frozen=True)
+class DistilConfig:
+    """Everything that defines a run. Exactly one of ``steps`` and ``minutes`` is the budget."""
+
+    method: Method = "tucker"
+    df: float = 0.2
+    assistant_dfs: tuple[float, ...] = ()
+    steps: int | None = None
+    minutes: float | None = None
+    patch_size: tuple[int, int, int] | None = None
+    patches_per_scan: int = 2
+    batch_size: int = 1
+    learning_rate: float = 3e-4
+    losses: LossWeights = field(default_factory=LossWeights)
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    max_memory_bytes: int | None = None
+    checkpoint_path: Path | None = None
+    checkpoint_every_seconds: float = 60.0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise DistillationError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        check_df(self.df)
+        previous = 1.0
+        for df in self.assistant_dfs:
+            check_df(df)
+            if not self.df < df < previous:
+                raise DistillationError(
+                    f"teacher-assistant DFs must lie between the target DF {self.df:g} and 1, largest first; "
+                    f"got {', '.join(f'{d:g}' for d in self.assistant_dfs)}"
+                )
+            previous = df
+        if (self.steps is None) == (self.minutes is None):
+            raise DistillationError("give exactly one budget: a number of steps or of minutes")
+        if self.steps is not None and self.steps < len(self.stage_dfs):
+            raise DistillationError(
+                f"a budget of {self.steps} steps is too small: at least one step per stage"
+            )
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise DistillationError(
+                f"a budget of {self.minutes} minutes cannot train anything: give more than 0"
+            )
+        if self.patches_per_scan < 1 or self.batch_size < 1:
+            raise DistillationError("patches per scan and batch size must be at least 1")
+        if not self.learning_rate > 0:
+            raise DistillationError(f"learning rate must be positive, got {self.learning_rate}")
+        if self.precision not in PRECISIONS:
+            raise DistillationError(
+                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
+        if self.losses.temperature <= 0 or min(self.losses.kd, self.losses.dice_ce, self.losses.features) < 0:
+            raise DistillationError("loss weights must be non-negative and the temperature positive")
+        if not (self.losses.kd or self.losses.dice_ce or self.losses.features):
+            raise DistillationError("every loss weight is zero: nothing to train on")
+
+    @property
+    def stage_dfs(self) -> tuple[float, ...]:
+        return (*self.assistant_dfs, self.df)
+
+    def stage_budget(self, stage: int) -> tuple[int | None, float | None]:
+        """(steps, seconds) of one stage: the budget split evenly, the first stages taking any remainder."""
+        stages = len(self.stage_dfs)
+        if self.steps is not None:
+            return self.steps // stages + (1 if stage < self.steps % stages else 0), None
+        return None, float(self.minutes or 0.0) * 60.0 / stages
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to be resumed (the budget may change)."""
+        data = asdict(self)
+        for key in (
+            "steps",
+            "minutes",
+            "max_memory_bytes",
+            "checkpoint_path",
+            "checkpoint_every_seconds",
+            "device",
+        ):
+            data.pop(key)
+        data["assistant_dfs"] = list(self.assistant_dfs)
+        data["patch_size"] = list(self.patch_size) if self.patch_size else None
+        return data
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One finished step: its stage, index within the stage (1-based), loss terms and timings."""
+
+    stage: int
+    step: int
+    loss: float
+    parts: dict[str, float]
+    seconds: float
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What ``on_step`` receives: the record, the stage's budget and the expected time left for the whole run."""
+
+    record: StepRecord
+    stage_df: float
+    stages: int
+    stage_steps: int | None
+    seconds_per_step: float
+    eta_seconds: float
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    df: float
+    teacher: str
+    steps: int
+    train_seconds: float
+    pool_patches: int
+    pool_bytes: int
+    teacher_seconds: float
+    stopped_by: str
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.train_seconds / self.steps if self.steps else float("nan")
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes: estimated before the run (pool + parameters + activations) and the process's measured peak."""
+
+    pool_bytes: int
+    parameter_bytes: int
+    activation_bytes: int
+    peak_rss_bytes: int | None = None
+
+    @property
+    def estimate_bytes(self) -> int:
+        return self.pool_bytes + self.parameter_bytes + self.activation_bytes
+
+    def describe(self) -> str:
+        gib = 1024**3
+        text = (
+            f"estimated {self.estimate_bytes / gib:.2f} GiB (teacher pool {self.pool_bytes / gib:.2f}, parameters "
+            f"and optimiser {self.parameter_bytes / gib:.2f}, training activations {self.activation_bytes / gib:.2f})"
+        )
+        if self.peak_rss_bytes is not None:
+            text += f"; process peak RSS {self.peak_rss_bytes / gib:.2f} GiB"
+        return text
+
+
+@dataclass
+class DistilResult:
+    """The distilled student (eval mode, CPU) and how it got there."""
+
+    student: Student
+    config: DistilConfig
+    data: str
+    records: list[StepRecord]
+    stages: list[StageSummary]
+    memory: MemoryReport
+
+    @property
+    def network(self) -> nn.Module:
+        return self.student.network
+
+    @property
+    def losses_used(self) -> tuple[str, ...]:
+        used = self.config.losses.used()
+        return (*used, "teacher-assistants") if self.config.assistant_dfs else used
+
+    def loss_curve(self, stage: int | None = None) -> list[float]:
+        return [r.loss for r in self.records if stage is None or r.stage == stage]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for the saved manifest, --json and the window."""
+        final = self.records[-1].loss if self.records else None
+        return {
+            "student": self.student.describe(),
+            "data": self.data,
+            "losses_used": list(self.losses_used),
+            "seed": self.config.seed,
+            "patch_size": list(self.config.patch_size) if self.config.patch_size else None,
+            "batch_size": self.config.batch_size,
+            "learning_rate": self.config.learning_rate,
+            "device": self.config.device,
+            "precision": self.config.precision,
+            "stages": [{**asdict(s), "seconds_per_step": s.seconds_per_step} for s in self.stages],
+            "steps": len(self.records),
+            "first_loss": self.records[0].loss if self.records else None,
+            "final_loss": final,
+            "memory": {**asdict(self.memory), "estimate_bytes": self.memory.estimate_bytes},
+        }
+
+
+class Distiller:
+    """Distils ``expert``'s original network into its compressed copy at ``config.df`` on unlabelled ``data``."""
+
+    def __init__(
+        self,
+        expert: LoadedExpert,
+        data: ScanSource,
+        config: DistilConfig,
+        engine: TuckerEngine | None = None,
+        pool: PatchPool | None = None,
+    ) -> None:
+        """``engine``: a factorised engine of the expert's network (built if None). ``pool``: patches and the
+        original's outputs from an earlier run on the same data and settings (figure 2 reuses one pool)."""
+        config.validate()
+        if not len(data):
+            raise DistillationError("no scans to distil on")
+        self.expert = expert
+        self.data = data
+        self.engine = engine or expert_engine(expert)
+        self.patch_size = check_patch_size(expert.network, expert, config.patch_size or expert.patch_size)
+        self.config = replace(config, patch_size=self.patch_size)
+        self.device = _device(config.device)
+        self.autocast_dtype = _autocast_dtype(config.precision)
+        self._original_pool = pool
+        channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
+        self.layout = trace_layout(expert.network, self.patch_size, channels, bool(config.losses.features))
+        self.memory = self._memory_estimate()
+        if config.max_memory_bytes is not None and self.memory.estimate_bytes > config.max_memory_bytes:
+            raise DistillationError(
+                f"this run needs about {self.memory.estimate_bytes / 1024**3:.2f} GiB, over the "
+                f"{config.max_memory_bytes / 1024**3:.2f} GiB allowed: {self.memory.describe()}; use a smaller "
+                "patch size, fewer patches per scan, fewer scans or no feature matching"
+            )
+
+    def run(
+        self,
+        progress: ProgressCallback | None = None,
+        on_step: Callable[[StepReport], None] | None = None,
+        cancel: CancelSignal = None,
+        resume: Path | None = None,
+    ) -> DistilResult:
+        """Distil every stage within the budget; raises Cancelled (after a checkpoint) when cancelled."""
+        should_cancel = _cancel_checker(cancel)
+        report = progress or (lambda _fraction, _message: None)
+        state = self._load_checkpoint(resume) if resume is not None else None
+        torch.manual_seed(self.config.seed)
+        records: list[StepRecord] = [StepRecord(**r) for r in state["records"]] if state else []
+        stages: list[StageSummary] = [StageSummary(**s) for s in state["stages"]] if state else []
+        assistants: list[dict[str, torch.Tensor]] = list(state["assistants"]) if state else []
+        first_stage = int(state["stage"]) if state else 0
+        teacher, teacher_name = self.expert.network, "original"
+        for stage, df in enumerate(self.config.stage_dfs):
+            if stage < first_stage:
+                teacher = self._student(df, assistants[stage]).network.eval()
+                teacher_name = f"assistant DF {df:g}"
+                continue
+            resumed = state if stage == first_stage else None
+            student = self._student(df, resumed["student"] if resumed else None)
+            with _deterministic(self.device):
+                summary = self._run_stage(
+                    stage,
+                    student,
+                    teacher,
+                    teacher_name,
+                    records,
+                    stages,
+                    assistants,
+                    resumed,
+                    report,
+                    on_step,
+                    should_cancel,
+                )
+            stages.append(summary)
+            assistants.append(_own_state(student.network))
+            teacher, teacher_name = student.network.eval(), f"assistant DF {df:g}"
+        student.network.to("cpu").eval()
+        peak = process_memory_kb("VmHWM") * 1024 if os.path.exists("/proc/self/status") else None
+        memory = replace(self.memory, peak_rss_bytes=peak)
+        report(1.0, "distillation done")
+        return DistilResult(student, self.config, self.data.description, records, stages, memory)
+
+    # -- one stage --------------------------------------------------------------------------------------------
+
+    def _run_stage(
+        self,
+        stage: int,
+        student: Student,
+        teacher: nn.Module,
+        teacher_name: str,
+        records: list[StepRecord],
+        stages: list[StageSummary],
+        assistants: list[dict[str, torch.Tensor]],
+        resumed: dict[str, Any] | None,
+        report: ProgressCallback,
+        on_step: Callable[[StepReport], None] | None,
+        should_cancel: Callable[[], bool],
+    ) -> StageSummary:
+        config = self.config
+        stage_count = len(config.stage_dfs)
+        df = config.stage_dfs[stage]
+        span = (stage / stage_count, (stage + 1) / stage_count)
+
+        def sub(start: float, stop: float) -> ProgressCallback:
+            width = span[1] - span[0]
+            return lambda f, message: report(
+                span[0] + width * (start + (stop - start) * f), f"DF {df:g}: {message}"
+            )
+
+        pool = self._pool(stage, teacher, sub(0.0, 0.1), should_cancel)
+        network = student.network.to(self.device).train()
+        optimizer = torch.optim.Adam(student.trainable_parameters(), lr=config.learning_rate)
+        step = 0
+        elapsed = 0.0
+        if resumed is not None:
+            optimizer.load_state_dict(resumed["optimizer"])
+            step, elapsed = int(resumed["step"]), float(resumed["elapsed"])
+        loss_fn = DistillationLoss(config.losses)
+        max_steps, max_seconds = config.stage_budget(stage)
+        training = sub(0.1, 1.0)
+        recent: list[float] = [r.seconds for r in records if r.stage == stage][-ETA_WINDOW:]
+        last_checkpoint = time.monotonic()
+
+        def save(at_step: int, at_elapsed: float) -> None:
+            if config.checkpoint_path is not None:
+                self._save_checkpoint(
+                    stage, at_step, at_elapsed, student, optimizer, records, stages, assistants
+                )
+
+        with (
+            stage_outputs(network, bool(config.losses.features), detach=False) as captured,
+            _cancel_hooks(network, should_cancel),
+        ):
+            while (max_steps is None or step < max_steps) and (max_seconds is None or elapsed < max_seconds):
+                if should_cancel():
+                    save(step, elapsed)
+                    raise Cancelled("distillation cancelled")
+                start = time.perf_counter()
+                try:
+                    loss, parts = self._step(student, pool, optimizer, loss_fn, captured, stage, step)
+                except Cancelled:
+                    save(step, elapsed)
+                    raise
+                seconds = time.perf_counter() - start
+                step += 1
+                elapsed += seconds
+                record = StepRecord(stage, step, loss, parts, seconds, elapsed)
+                records.append(record)
+                recent = [*recent, seconds][-ETA_WINDOW:]
+                per_step = sum(recent) / len(recent)
+                eta = self._eta(stage, step, elapsed, per_step)
+                fraction = step / max_steps if max_steps else min(1.0, elapsed / float(max_seconds or 1.0))
+                training(fraction, f"step {step}, loss {loss:.4f}")
+                if on_step is not None:
+                    on_step(StepReport(record, df, stage_count, max_steps, per_step, eta))
+                if time.monotonic() - last_checkpoint >= config.checkpoint_every_seconds:
+                    save(step, elapsed)
+                    last_checkpoint = time.monotonic()
+        stopped = "steps" if max_steps is not None else "time"
+        summary = StageSummary(
+            df, teacher_name, step, elapsed, len(pool), pool.nbytes, pool.teacher_seconds, stopped
+        )
+        save(step, elapsed)
+        return summary
+
+    def _step(
+        self,
+        student: Student,
+        pool: PatchPool,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: DistillationLoss,
+        captured: list[torch.Tensor],
+        stage: int,
+        step: int,
+    ) -> tuple[float, dict[str, float]]:
+        rng = np.random.default_rng([self.config.seed, stage, step])
+        size = min(self.config.batch_size, len(pool))
+        indices = rng.choice(len(pool), size=size, replace=False)
+        inputs, teacher_logits, labels, teacher_features = pool.batch(indices.tolist(), self.device)
+        captured.clear()
+        with _autocast(self.device, self.autocast_dtype):
+            output = student.network(inputs)
+        loss, parts = loss_fn(output, teacher_logits, labels, list(captured), teacher_features)
+        captured.clear()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        student.mask_gradients()
+        torch.nn.utils.clip_grad_norm_(student.trainable_parameters(), GRADIENT_CLIP)
+        optimizer.step()
+        student.apply_masks()
+        return float(loss.detach()), parts
+
+    def _eta(self, stage: int, step: int, elapsed: float, per_step: float) -> float:
+        """Seconds left: this stage's remaining budget plus every later stage's (pool passes not included)."""
+        remaining = 0.0
+        for later in range(stage, len(self.config.stage_dfs)):
+            steps, seconds = self.config.stage_budget(later)
+            done_steps, done_seconds = (step, elapsed) if later == stage else (0, 0.0)
+            remaining += (
+                (steps - done_steps) * per_step
+                if steps is not None
+                else max(0.0, (seconds or 0) - done_seconds)
+            )
+        return remaining
+
+    # -- building blocks ----------------------------------------------------------------------------------------
+
+    def _student(self, df: float, state: dict[str, torch.Tensor] | None) -> Student:
+        student = make_student(self.engine, self.config.method, df)
+        if state is not None:
+            student.network.load_state_dict(state)
+            student.apply_masks()
+        return student
+
+    def _pool(
+        self, stage: int, teacher: nn.Module, report: ProgressCallback, should_cancel: Callable[[], bool]
+    ) -> PatchPool:
+        if stage == 0 and self._original_pool is not None:
+            return self._original_pool
+        on_device = teacher if self.device.type == "cpu" else _copy_to(teacher, self.device)
+        with _cancel_hooks(on_device, should_cancel):
+            pool = build_pool(
+                on_device,
+                self.expert,
+                self.data,
+                self.layout,
+                self.config.patches_per_scan,
+                (self.config.seed, stage),
+                self.device,
+                self.autocast_dtype,
+                report,
+                should_cancel,
+            )
+        if stage == 0:
+            self._original_pool = pool
+        return pool
+
+    @property
+    def original_pool(self) -> PatchPool | None:
+        """The pool of the original teacher's outputs, once built: reusable by another Distiller on the same data."""
+        return self._original_pool
+
+    def _memory_estimate(self) -> MemoryReport:
+        """Pool entries, parameters (student: value, gradient, two Adam moments; teacher: values), activations.
+
+        Activations: the original network's per-layer outputs on one patch, twice (forward values kept for
+        the backward pass, and their gradients), times the batch. The scan being preprocessed (one at a
+        time) is not included.
+        """
+        entries = len(self.data) * self.config.patches_per_scan
+        teacher_params = sum(p.numel() for p in self.expert.network.parameters())
+        return MemoryReport(
+            pool_bytes=entries * self.layout.entry_bytes,
+            parameter_bytes=teacher_params * 4 * (1 + 4),
+            activation_bytes=2 * self.layout.activation_bytes * self.config.batch_size,
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "config": self.config.fingerprint(),
+            "expert": str(self.expert.spec.folder),
+            "data": list(self.data.names),
+        }
+
+    def _save_checkpoint(
+        self,
+        stage: int,
+        step: int,
+        elapsed: float,
+        student: Student,
+        optimizer: torch.optim.Optimizer,
+        records: list[StepRecord],
+        stages: list[StageSummary],
+        assistants: list[dict[str, torch.Tensor]],
+    ) -> None:
+        path = Path(self.config.checkpoint_path or "")
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "identity": self._identity(),
+            "stage": stage,
+            "step": step,
+            "elapsed": elapsed,
+            "student": _own_state(student.network),
+            "optimizer": optimizer.state_dict(),
+            "records": [asdict(r) for r in records],
+            "stages": [asdict(s) for s in stages],
+            "assistants": assistants[:stage],
+        }
+        temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint, temporary)
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise DistillationError(
+                f"cannot write the distillation checkpoint {path} ({exc.strerror})"
+            ) from None
+
+    def _load_checkpoint(self, path: Path) -> dict[str, Any]:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DistillationError(f"checkpoint {path} does not exist") from None
+        except Exception as exc:  # torch raises many types for damaged or foreign files
+            raise DistillationError(
+                f"{path} is not a readable distillation checkpoint ({type(exc).__name__})"
+            ) from None
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise DistillationError(f"{path} is not a TuckerScope distillation checkpoint")
+        identity = self._identity()
+        if checkpoint.get("identity") != identity:
+            saved = checkpoint.get("identity", {})
+            differing = sorted(
+                key
+                for key in identity["config"]
+                if saved.get("config", {}).get(key) != identity["config"][key]
+            )
+            what = ", ".join(differing) or (
+                "the model" if saved.get("expert") != identity["expert"] else "the data"
+            )
+            raise DistillationError(
+                f"checkpoint {path} was written for another run (different {what}); resume with "
+                "the same model, data and settings, only the budget may change"
+            )
+        return checkpoint
+
+
+def _own_state(network: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+
+
+def _copy_to(network: nn.Module, device: torch.device) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(network).to(device)
+
+
+def _device(name: str) -> torch.device:
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise DistillationError(f"unknown device {name!r}; use cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DistillationError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    """bf16 autocast when asked; fp32 otherwise (bf16 needs no loss scaling, unlike fp16)."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+@contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """cuDNN's deterministic kernels for the run (CPU kernels are deterministic already); restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous
+
+
+@contextmanager
+def _cancel_hooks(network: nn.Module, should_cancel: Callable[[], bool]) -> Iterator[None]:
+    """Check for a cancel before every module's forward, in the calling thread only (the teacher may be the
+    window's network, running elsewhere meanwhile)."""
+    thread = threading.get_ident()
+
+    def check(_module: nn.Module, _inputs: Any) -> None:
+        if threading.get_ident() == thread and should_cancel():
+            raise Cancelled("distillation cancelled")
+
+    hooks = [module.register_forward_pre_hook(check) for module in network.modules()]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    return cancel
