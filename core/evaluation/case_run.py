@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from torch import nn
 
@@ -26,11 +25,12 @@ from tuckerscope.core.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
     ClassRef,
     Evaluation,
-    MetricsError,
+    GroundTruth,
     classes_from_names,
     evaluate,
 )
 from tuckerscope.core.evaluation.sweep import RunCost
+from tuckerscope.core.imaging.label_maps import load_label_map
 from tuckerscope.core.imaging.volume import Volume
 from tuckerscope.core.models.compressed_model import save_compressed
 from tuckerscope.core.models.model_folder import LoadedExpert
@@ -190,28 +190,11 @@ def class_refs(source: ModelSource, expert_names: Sequence[str]) -> list[ClassRe
 
 
 def load_ground_truth(path: Path, volume: Volume) -> np.ndarray:
-    """A label map on the CT's voxel grid (same shape and affine), as integers."""
-    try:
-        image = nib.load(path)
-    except FileNotFoundError:
-        raise MetricsError(f"ground truth {path} does not exist") from None
-    except Exception as exc:  # nibabel raises many types for unreadable files
-        raise MetricsError(f"cannot read ground truth {path}: {exc}") from None
-    if tuple(image.shape[:3]) != volume.shape or not np.allclose(image.affine, volume.affine, atol=1e-3):
-        raise MetricsError(
-            f"ground truth {Path(path).name} (shape {tuple(image.shape)}) is not on the CT's voxel grid "
-            f"(shape {volume.shape}); resample it onto the CT first"
-        )
-    data = np.asanyarray(image.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.dtype.kind == "f":
-        if not np.array_equal(data, np.round(data)):
-            raise MetricsError(
-                f"ground truth {Path(path).name} holds non-integer values: it is not a label map"
-            )
-        data = data.astype(np.int32)
-    return data
+    """A label map on the CT's voxel grid, as integers: reoriented or resampled (imaging.label_maps).
+
+    The values stay the file's own; match them to a model's classes by name with label_maps.match_by_name.
+    """
+    return load_label_map(path, volume.shape, volume.affine).data
 
 
 def run_case(
@@ -220,7 +203,7 @@ def run_case(
     experts: Sequence[LoadedExpert],
     dfs: Mapping[str, float],
     options: InferenceOptions | None = None,
-    ground_truth: np.ndarray | None = None,
+    ground_truth: GroundTruth | np.ndarray | None = None,
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     progress: ProgressCallback | None = None,
     cancel: CancelSignal = None,

@@ -77,6 +77,7 @@ class Comparison:
     tolerance_mm: float
     scores: list[ClassScore] = field(default_factory=list)
     excluded: list[ClassRef] = field(default_factory=list)
+    not_in_reference: list[ClassRef] = field(default_factory=list)  # classes a ground truth does not name
 
     def worst_first(self, key: str = "nsd") -> list[ClassScore]:
         """Scores sorted so the class that suffered most comes first (ties broken by Dice, then name)."""
@@ -105,8 +106,21 @@ class Comparison:
             "tolerance_mm": self.tolerance_mm,
             "classes": [vars_of(s) for s in self.scores],
             "excluded": [c.name for c in self.excluded],
+            "not_in_reference": [c.name for c in self.not_in_reference],
             "experts": {k: vars_of(v) for k, v in self.by_expert().items()},
         }
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """A ground truth in the model's label values, and the model classes it names (matched by name).
+
+    Classes it does not name are not scored against it: absent there, they would score Dice 0 wherever the
+    model finds them (see imaging.label_maps.match_by_name).
+    """
+
+    labels: np.ndarray
+    classes: frozenset[int]
 
 
 @dataclass
@@ -287,27 +301,37 @@ def evaluate(
     compressed: np.ndarray,
     spacing: Sequence[float],
     classes: Iterable[ClassRef],
-    ground_truth: np.ndarray | None = None,
+    ground_truth: GroundTruth | np.ndarray | None = None,
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
 ) -> Evaluation:
-    """Compressed vs original; with a ground truth, original and compressed vs it as well."""
+    """Compressed vs original; with a ground truth, original and compressed vs it as well.
+
+    A plain array as ground truth is taken to name every class (it is in the model's own label values).
+    """
     classes = list(classes)
     evaluation = Evaluation(
         compare(original, compressed, spacing, classes, tolerance_mm, "original", "compressed")
     )
-    if ground_truth is not None:
-        ground_truth = as_label_map(ground_truth, "ground truth")
-        if ground_truth.shape != np.shape(original):
-            raise MetricsError(
-                f"ground truth has shape {ground_truth.shape} but the CT grid is {np.shape(original)}: "
-                "give a label map on the CT's voxel grid"
-            )
-        evaluation.original_vs_ground_truth = compare(
-            ground_truth, original, spacing, classes, tolerance_mm, "ground truth", "original"
+    if ground_truth is None:
+        return evaluation
+    if not isinstance(ground_truth, GroundTruth):
+        ground_truth = GroundTruth(ground_truth, frozenset(c.label for c in classes))
+    truth = as_label_map(ground_truth.labels, "ground truth")
+    if truth.shape != np.shape(original):
+        raise MetricsError(
+            f"ground truth has shape {truth.shape} but the CT grid is {np.shape(original)}: "
+            "give a label map on the CT's voxel grid"
         )
-        evaluation.compressed_vs_ground_truth = compare(
-            ground_truth, compressed, spacing, classes, tolerance_mm, "ground truth", "compressed"
-        )
+    named = [c for c in classes if c.label in ground_truth.classes]
+    unnamed = [c for c in classes if c.label not in ground_truth.classes]
+
+    def against_truth(labels: np.ndarray, side: str) -> Comparison:
+        comparison = compare(truth, labels, spacing, named, tolerance_mm, "ground truth", side)
+        comparison.not_in_reference = list(unnamed)
+        return comparison
+
+    evaluation.original_vs_ground_truth = against_truth(original, "original")
+    evaluation.compressed_vs_ground_truth = against_truth(compressed, "compressed")
     return evaluation
 
 

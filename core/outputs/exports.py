@@ -29,6 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tuckerscope.core.imaging.label_maps import sidecar_paths
 from tuckerscope.core.runtime.errors import UserError
 
 RGB = tuple[int, int, int]
@@ -251,13 +252,6 @@ class SegmentationFiles:
     nifti: Path
     itksnap_labels: Path
     slicer_colour_table: Path
-
-
-def sidecar_paths(nifti_path: Path) -> tuple[Path, Path]:
-    """'seg.nii.gz' -> ('seg_itksnap_labels.txt', 'seg.ctbl') beside it."""
-    name = nifti_path.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else nifti_path.stem
-    return nifti_path.with_name(f"{stem}_itksnap_labels.txt"), nifti_path.with_name(f"{stem}.ctbl")
 
 
 def segmentation_image(
