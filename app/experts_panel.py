@@ -1,7 +1,9 @@
-"""Experts panel: one DF slider per expert (plus "link all"), its size figures, and its classes' visibility.
+"""Experts panel: one DF slider and method choice per expert (plus "link all"), its size figures, and its
+classes' visibility.
 
-The panel only reports what the user asked for (``dfChanged`` on every slider step, ``visibilityChanged``
-with the full set of shown labels); the main window decides what to recompute and when.
+The panel only reports what the user asked for (``dfChanged`` on every slider step, ``methodChanged``,
+``visibilityChanged`` with the full set of shown labels); the session decides what changes, and its events
+decide what is recomputed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from superqt import QLabeledDoubleSlider
 from tuckerscope.app.style import wrapped_label_of_fixed_height
 
 DF_MIN, DF_MAX, DF_STEP = 0.05, 1.0, 0.01
+METHOD_LABELS = {"tucker": "Tucker", "prune": "Pruning"}
 
 
 @dataclass(frozen=True)
@@ -47,21 +50,36 @@ class ExpertRow(QtWidgets.QWidget):
         self.slider.setToolTip(
             f"Downsampling factor of {name}: ranks are ceil(C x DF), at least 8, at most C"
         )
+        self.method_combo = QtWidgets.QComboBox()
+        for method, label in METHOD_LABELS.items():
+            self.method_combo.addItem(label, method)
+        self.method_combo.setToolTip(
+            "Tucker: the paper's decomposition at this DF. Pruning: the paper's baseline, output channels of "
+            "smallest L2 norm zeroed until the parameters match Tucker's at this DF"
+        )
         self.figures = QtWidgets.QLabel("…")
         wrapped_label_of_fixed_height(self.figures, 2)
         self.figures.setStyleSheet("color: palette(mid);")
         layout = QtWidgets.QGridLayout(self)
         layout.setContentsMargins(2, 4, 2, 4)
         layout.addWidget(title, 0, 0)
-        layout.addWidget(QtWidgets.QLabel("DF"), 0, 1, QtCore.Qt.AlignmentFlag.AlignRight)
+        layout.addWidget(self.method_combo, 0, 1, QtCore.Qt.AlignmentFlag.AlignRight)
         layout.addWidget(self.slider, 1, 0, 1, 2)
         layout.addWidget(self.figures, 2, 0, 1, 2)
+
+    @property
+    def method(self) -> str:
+        return str(self.method_combo.currentData())
+
+    def set_method(self, method: str) -> None:
+        self.method_combo.setCurrentIndex(max(self.method_combo.findData(method), 0))
 
 
 class ExpertsPanel(QtWidgets.QWidget):
     """DF sliders and class visibility for every loaded expert."""
 
     dfChanged = QtCore.Signal(dict)  # {expert: df} for every slider that moved (several when linked)
+    methodChanged = QtCore.Signal(dict)  # {expert: 'tucker' | 'prune'} (every expert when linked)
     visibilityChanged = QtCore.Signal(set)  # labels to show
     classActivated = QtCore.Signal(int)  # label double-clicked: jump the views to it
 
@@ -103,6 +121,7 @@ class ExpertsPanel(QtWidgets.QWidget):
         for expert in experts:
             row = ExpertRow(expert.name, dfs.get(expert.name, DF_MAX))
             row.slider.valueChanged.connect(lambda value, n=expert.name: self._on_slider(n, value))
+            row.method_combo.activated.connect(lambda _index, n=expert.name: self._on_method(n))
             self.rows_box.addWidget(row)
             self.rows[expert.name] = row
         self.class_tree.blockSignals(True)
@@ -171,6 +190,13 @@ class ExpertsPanel(QtWidgets.QWidget):
                     self.set_df(name, value)
                     changed[name] = round(float(value), 4)
         self.dfChanged.emit(changed)
+
+    def _on_method(self, expert: str) -> None:
+        method = self.rows[expert].method
+        names = list(self.rows) if self.link_check.isChecked() else [expert]
+        for name in names:
+            self.rows[name].set_method(method)
+        self.methodChanged.emit({name: method for name in names})
 
     def _on_item_changed(self, item: QtWidgets.QTreeWidgetItem, column: int) -> None:
         self._visibility_timer.start()

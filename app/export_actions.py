@@ -15,9 +15,15 @@ from pathlib import Path
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
-from tuckerscope.core.outputs.deliverables import PARTS, ExportBundle, report_content, safe_stem, write_bundle
-from tuckerscope.core.outputs.report import write_report
 from tuckerscope.core.runtime.errors import UserError
+from tuckerscope.core.session.api import (
+    PARTS,
+    ExportBundle,
+    report_content,
+    safe_stem,
+    write_bundle,
+    write_report,
+)
 
 PART_LABELS = {
     "segmentation": "Segmentations (NIfTI + ITK-SNAP labels + Slicer colour table)",

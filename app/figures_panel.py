@@ -1,11 +1,10 @@
 """Size figures: parameters, FLOPs and compression ratio per expert and in total, as a table and bar charts.
 
+The rows are core's counts table (the session's sizes, with_total), the same rows `tuckerscope eval` exports.
 FLOPs count one multiply-add as one FLOP, on the plans' patch size, as the core counter reports them.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
@@ -13,46 +12,11 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.style import configure_pyqtgraph
 from tuckerscope.app.tables import fill_table, read_only_table
+from tuckerscope.core.session.api import ExpertSize, with_total
+from tuckerscope.core.session.policy import human
 
 ORIGINAL_BRUSH = (120, 160, 230)
 COMPRESSED_BRUSH = (240, 150, 60)
-
-
-@dataclass(frozen=True)
-class SizeFigures:
-    """One expert's (or the total's) size before and after compression."""
-
-    name: str
-    params_original: int
-    params_compressed: int
-    flops_original: int
-    flops_compressed: int
-
-    @property
-    def params_ratio(self) -> float:
-        return self.params_original / max(self.params_compressed, 1)
-
-    @property
-    def flops_ratio(self) -> float:
-        return self.flops_original / max(self.flops_compressed, 1)
-
-
-def total_of(rows: list[SizeFigures]) -> SizeFigures:
-    return SizeFigures(
-        "total",
-        sum(r.params_original for r in rows),
-        sum(r.params_compressed for r in rows),
-        sum(r.flops_original for r in rows),
-        sum(r.flops_compressed for r in rows),
-    )
-
-
-def human(value: float, unit: str = "") -> str:
-    """12_300_000 -> '12.3 M'; short figures for narrow panels."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {suffix}{unit}"
-    return f"{value:.3g} {unit}".strip()
 
 
 COLUMNS = ("expert", "params orig", "params comp", "params ×", "FLOPs orig", "FLOPs comp", "FLOPs ×")
@@ -81,11 +45,12 @@ class FiguresPanel(QtWidgets.QWidget):
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(splitter)
-        self.rows: list[SizeFigures] = []
+        self.rows: list[ExpertSize] = []
 
-    def set_figures(self, rows: list[SizeFigures]) -> None:
+    def set_figures(self, rows: list[ExpertSize]) -> None:
+        """One row per expert; the total row is added here, as the counts table adds it."""
         self.rows = list(rows)
-        shown = self.rows + ([total_of(self.rows)] if len(self.rows) > 1 else [])
+        shown = with_total(self.rows)
         cells = [
             (
                 fig.name,

@@ -7,29 +7,15 @@ redrawing any image. Clicking a cell of the large view asks for that layer's ran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.style import HEATMAP_COLORMAP, configure_pyqtgraph, wrapped_label_of_fixed_height
+from tuckerscope.core.session.api import LayerHeatmap
 
 OVERVIEW_COLUMNS = 6
 THUMBNAIL_HEIGHT = 92
-
-
-@dataclass(frozen=True)
-class LayerHeatmap:
-    """One layer's explained-variance grid: grid[r_out - 1, r_in - 1] in [0, 1]."""
-
-    name: str
-    grid: np.ndarray
-
-    @property
-    def channels(self) -> tuple[int, int]:
-        """(C_out, C_in)."""
-        return int(self.grid.shape[0]), int(self.grid.shape[1])
 
 
 def _heatmap_rect(heatmap: LayerHeatmap) -> QtCore.QRectF:
@@ -165,7 +151,7 @@ class HeatmapPanel(QtWidgets.QWidget):
         heatmap = heatmaps[self._selected]
         self.detail_image.setImage(heatmap.grid, autoLevels=False, levels=(0.0, 1.0))
         self.detail_image.setRect(_heatmap_rect(heatmap))
-        self.detail_plot.setTitle(f"{heatmap.name}  ({heatmap.channels[0]} x {heatmap.channels[1]} channels)")
+        self.detail_plot.setTitle(f"{heatmap.layer}  ({heatmap.channels[0]} x {heatmap.channels[1]} channels)")
         self.detail_plot.autoRange(padding=0.02)
         for i, box in enumerate(self._thumb_boxes):
             box.setBorder(pg.mkPen("y", width=2) if i == self._selected else pg.mkPen(80, 80, 80))
@@ -182,7 +168,7 @@ class HeatmapPanel(QtWidgets.QWidget):
     @property
     def selected_layer(self) -> str | None:
         heatmaps = self._heatmaps.get(self._expert or "", [])
-        return heatmaps[self._selected].name if heatmaps else None
+        return heatmaps[self._selected].layer if heatmaps else None
 
     @property
     def expert(self) -> str | None:
@@ -215,7 +201,7 @@ class HeatmapPanel(QtWidgets.QWidget):
             marker.setVisible(False)
             box.addItem(image)
             box.addItem(marker)
-            box.setToolTip(f"{heatmap.name} ({heatmap.channels[0]} x {heatmap.channels[1]})")
+            box.setToolTip(f"{heatmap.layer} ({heatmap.channels[0]} x {heatmap.channels[1]})")
             self.overview.addItem(box, row=row, col=col)
             box.autoRange(padding=0)
             self._thumb_boxes.append(box)
@@ -228,23 +214,23 @@ class HeatmapPanel(QtWidgets.QWidget):
         heatmaps = self._heatmaps.get(self._expert or "", [])
         ranks = self._ranks.get(self._expert or "", {})
         for heatmap, marker in zip(heatmaps, self._thumb_markers, strict=False):
-            chosen = ranks.get(heatmap.name)
+            chosen = ranks.get(heatmap.layer)
             marker.setVisible(bool(chosen))
             if chosen:
                 marker.setRect(QtCore.QRectF(0.5, 0.5, chosen[1], chosen[0]))
         if not heatmaps:
             return
         heatmap = heatmaps[self._selected]
-        chosen = ranks.get(heatmap.name)
+        chosen = ranks.get(heatmap.layer)
         if chosen is None:
             self.detail_marker.setData([])
-            self.status_label.setText(f"{heatmap.name}: no ranks chosen")
+            self.status_label.setText(f"{heatmap.layer}: no ranks chosen")
             return
         r_out, r_in = chosen
         self.detail_marker.setData([r_in], [r_out])
         kept = float(heatmap.grid[r_out - 1, r_in - 1])
         self.status_label.setText(
-            f"{self._expert} / {heatmap.name}: ranks (r_out {r_out}, r_in {r_in}) keep {kept:.1%} of the "
+            f"{self._expert} / {heatmap.layer}: ranks (r_out {r_out}, r_in {r_in}) keep {kept:.1%} of the "
             "kernel's energy. Click a cell to set this layer's ranks."
         )
 
@@ -259,4 +245,4 @@ class HeatmapPanel(QtWidgets.QWidget):
         heatmap = heatmaps[self._selected]
         ranks = rank_at(heatmap, point.x(), point.y())
         if ranks is not None:
-            self.layerRanksRequested.emit(self._expert, heatmap.name, ranks[0], ranks[1])
+            self.layerRanksRequested.emit(self._expert, heatmap.layer, ranks[0], ranks[1])

@@ -21,6 +21,7 @@ from tuckerscope.app.style import (
     WINDOW_PRESETS,
     configure_pyqtgraph,
     label_lut,
+    wrapped_label_of_fixed_height,
 )
 
 
@@ -76,15 +77,26 @@ class SliceViewBox(pg.ViewBox):
         ev.accept()
 
 
-class SliceCanvas(pg.GraphicsLayoutWidget):
-    """One side: the CT slice, its label overlay and the crosshair, in millimetres."""
+class SliceCanvas(QtWidgets.QWidget):
+    """One side: a title line above the CT slice, its label overlay and the crosshair, in millimetres.
+
+    The title is a plain label of fixed height (two lines) whose width comes from the layout, never from its
+    text: a long title (five experts' DFs) wraps or is cut, but never widens its side or moves the image.
+    """
 
     def __init__(self, title: str, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.title = title
+        self.title_label = wrapped_label_of_fixed_height(QtWidgets.QLabel(title), 2)
+        self.title_label.setAlignment(QtCore.Qt.AlignmentFlag.AlignHCenter | QtCore.Qt.AlignmentFlag.AlignTop)
+        self.graphics = pg.GraphicsLayoutWidget()
         self.view_box = SliceViewBox(lockAspect=True, invertX=True, enableMenu=False)
-        self.title_label = self.addLabel(title, row=0, col=0)
-        self.addItem(self.view_box, row=1, col=0)
+        self.graphics.addItem(self.view_box, row=0, col=0)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.title_label)
+        layout.addWidget(self.graphics, 1)
         self.ct_item = pg.ImageItem(axisOrder="row-major")
         self.overlay_item = pg.ImageItem(axisOrder="row-major")
         self.overlay_item.setZValue(1)
@@ -95,6 +107,13 @@ class SliceCanvas(pg.GraphicsLayoutWidget):
             self.view_box.addItem(item, ignoreBounds=item in (self.v_line, self.h_line))
         self.v_line.setZValue(2)
         self.h_line.setZValue(2)
+
+    def scene(self) -> pg.GraphicsScene:
+        return self.graphics.scene()
+
+    def set_title(self, text: str) -> None:
+        self.title_label.setText(text)
+        self.title_label.setToolTip(text)
 
     def show_slice(self, ct: np.ndarray, overlay: np.ndarray | None, rect: QtCore.QRectF) -> None:
         self.ct_item.setImage(ct, autoLevels=False)
@@ -192,8 +211,8 @@ class SlicePairView(QtWidgets.QWidget):
 
         canvases = QtWidgets.QHBoxLayout()
         canvases.setSpacing(2)
-        canvases.addWidget(self.original_canvas)
-        canvases.addWidget(self.compressed_canvas)
+        canvases.addWidget(self.original_canvas, 1)  # equal halves, whatever the titles say
+        canvases.addWidget(self.compressed_canvas, 1)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(toolbar)
@@ -265,7 +284,7 @@ class SlicePairView(QtWidgets.QWidget):
 
     def _update_title(self) -> None:
         legend = " — difference: magenta missed, cyan added, yellow other class" if self._difference else ""
-        self.compressed_canvas.title_label.setText(self._compressed_title + legend)
+        self.compressed_canvas.set_title(self._compressed_title + legend)
 
     # ----- navigation ---------------------------------------------------------------------------------------
     @property

@@ -1,4 +1,4 @@
-"""Per-class meshes (plain arrays from tuckerscope.core.outputs.surfaces) -> vtkPolyData for the 3D views.
+"""Per-class meshes (plain arrays from core's surface extractor) -> vtkPolyData for the 3D views.
 
 Each class gets its own vtkPolyData over the shared points, so visibility toggles need no re-extraction.
 Turning the arrays into VTK objects is a few deep copies: cheap enough for the UI thread.
@@ -11,7 +11,7 @@ from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
 from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
 
-from tuckerscope.core.outputs.surfaces import LabelMeshes
+from tuckerscope.core.session.api import LabelMeshes
 
 
 def to_polydata(meshes: LabelMeshes) -> dict[int, vtkPolyData]:

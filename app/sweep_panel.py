@@ -5,7 +5,7 @@ marker, so each curve reads from "as trained" to "most compressed". The sweep ru
 run_sweep with a cancel event); points appear as they finish, and Cancel keeps the finished ones.
 
 Hook-up (window): ``panel = SweepPanel()``; when a CT and models are loaded call
-``panel.set_backend(ModelSweepBackend(...), experts)``; listen to ``sweepFinished`` to keep the result
+``panel.set_backend(*session_sweep_backend(session))``; listen to ``sweepFinished`` to keep the result
 for exports and the report (``panel.result``).
 """
 
@@ -19,9 +19,9 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.style import configure_pyqtgraph
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
-from tuckerscope.core.evaluation.metrics import DEFAULT_TOLERANCE_MM
-from tuckerscope.core.evaluation.sweep import (
+from tuckerscope.core.session.api import (
     DEFAULT_GRID,
+    DEFAULT_TOLERANCE_MM,
     SweepBackend,
     SweepError,
     SweepPoint,

@@ -107,7 +107,7 @@ def pump(app: QtWidgets.QApplication, condition: object, timeout: float) -> floa
 def networks_built(window: MainWindow) -> bool:
     """Every compressed expert's network is built for the ranks now chosen."""
     return all(
-        expert.is_full_rank() or window.networks.get(name, (None,))[0] == expert.rank_key()
+        expert.is_full_rank() or window.session.networks.get(name, (None,))[0] == expert.rank_key()
         for name, expert in window.session.experts.items()
     )
 

@@ -141,7 +141,8 @@ class RssSampler:
 def build_session(ct_path: Path, ts_home: Path, df: float, timings: dict[str, float]) -> object:
     """The window's steps up to the first segmentation request, each one timed."""
     from tuckerscope.core.imaging.volume import load_volume
-    from tuckerscope.core.session.session import CaseVolume, Session, load_expert_models, resolve_model_source
+    from tuckerscope.core.session.loading import load_models
+    from tuckerscope.core.session.session import CaseVolume, Session
 
     start = time.perf_counter()
     volume = load_volume(ct_path)
@@ -151,8 +152,8 @@ def build_session(ct_path: Path, ts_home: Path, df: float, timings: dict[str, fl
     session.set_volume(CaseVolume.from_array(volume.data, volume.affine, ct_path.name))
     timings["set_volume"] = time.perf_counter() - start
     start = time.perf_counter()
-    experts = load_expert_models(resolve_model_source(f"total_fast@{ts_home}"))
-    session.set_experts(experts, "total_fast")
+    models = load_models(f"total_fast@{ts_home}")
+    session.set_experts(models.experts, "total_fast", models.source)
     timings["load_and_factorise"] = time.perf_counter() - start
     if df < 1.0:
         for name in session.experts:

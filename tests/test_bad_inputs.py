@@ -30,7 +30,7 @@ from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, spec
 from tuckerscope.core.models.model_sources import resolve_source
 from tuckerscope.core.runtime.errors import UserError
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter
-from tuckerscope.core.session.session import load_expert_models, resolve_model_source
+from tuckerscope.core.session.loading import load_expert_models, resolve_model_source
 
 VOLUME_CASES = [case for case in CASES if case.target == "volume"]
 MODEL_CASES = [case for case in CASES if case.target == "model"]

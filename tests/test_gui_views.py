@@ -14,7 +14,8 @@ pytestmark = pytest.mark.gui
 from pyqtgraph.Qt import QtCore  # noqa: E402
 
 from tuckerscope.app.experts_panel import ClassEntry, ExpertEntry, ExpertsPanel  # noqa: E402
-from tuckerscope.app.heatmap_panel import HeatmapPanel, LayerHeatmap, rank_at  # noqa: E402
+from tuckerscope.app.heatmap_panel import HeatmapPanel, rank_at  # noqa: E402
+from tuckerscope.core.session.api import LayerHeatmap  # noqa: E402
 from tuckerscope.app.slice_views import PLANES, SlicePairView, difference_rgba, plane_image  # noqa: E402
 from tuckerscope.app.style import ONLY_COMPRESSED_RGB, ONLY_ORIGINAL_RGB, label_lut  # noqa: E402
 from tuckerscope.app.surfaces import to_polydata  # noqa: E402

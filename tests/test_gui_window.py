@@ -127,7 +127,7 @@ def test_slider_drag_recompresses_and_updates_everything(qtbot, tiny_window):
     wait_idle(qtbot, window)
     assert window.session.compressed_keys["tinyorgans"] == expert.rank_key()
     assert "FLOPs" in row.figures.text() and "uncompressed" not in row.figures.text()
-    sizes = window.sizes["tinyorgans"]
+    sizes = window.session.sizes["tinyorgans"]
     assert sizes.params_compressed < sizes.params_original
     qtbot.waitUntil(lambda: window.agreement_panel.table.rowCount() > 0, timeout=IDLE_TIMEOUT_MS)
     rows = window.agreement_panel.rows

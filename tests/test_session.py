@@ -11,8 +11,9 @@ from tiny_model import tiny_dataset_json, write_tiny_model
 from tuckerscope.core.imaging.display_grid import DisplayGrid
 from tuckerscope.core.models.model_sources import folder_source
 from tuckerscope.core.runtime.errors import Cancelled
-from tuckerscope.core.segmentation.live_segmentation import class_positions, merge_labels, run_segmentation
-from tuckerscope.core.session.session import CaseVolume, Session, load_expert_models
+from tuckerscope.core.segmentation.live_segmentation import class_positions, merge_for_display, run_segmentation
+from tuckerscope.core.session.loading import load_expert_models
+from tuckerscope.core.session.session import CaseVolume, Session
 
 
 def test_display_grid_reorients_lps_to_ras_and_maps_slices_back():
@@ -35,8 +36,10 @@ def test_merge_lets_later_experts_win_and_positions_land_inside():
     first = np.array([[[1, 1, 0, 0]]], dtype=np.uint8)
     second = np.array([[[0, 2, 2, 0]]], dtype=np.uint8)
     maps = {"a": np.array([0, 5], np.uint8), "b": np.array([0, 0, 7], np.uint8)}
-    merged = merge_labels({"a": first, "b": second}, maps, ["a", "b"])
+    merged = merge_for_display({"a": first, "b": second}, maps, ["a", "b"])
     np.testing.assert_array_equal(merged, [[[5, 7, 7, 0]]])
+    unknown = np.array([[[3, 1, 0, 0]]], dtype=np.uint8)  # label 3: not in a's table
+    np.testing.assert_array_equal(merge_for_display({"a": unknown}, maps, ["a", "b"]), [[[0, 5, 0, 0]]])
     labels = np.zeros((20, 20, 10), np.uint8)
     labels[2:6, 3:9, 1:4] = 3
     labels[12:18, 12:14, 5:9] = 9
@@ -66,7 +69,7 @@ def new_session(loaded, slices: int = 20) -> Session:
     session.set_volume(CaseVolume.from_array(ct, np.diag([-3.0, 3.0, 3.0, 1.0]), "ct"))
     for expert in experts:
         expert.df, expert.overrides = 1.0, {}
-    session.set_experts(experts, source.name)
+    session.set_experts(experts, source.name, source)
     return session
 
 
@@ -75,7 +78,7 @@ def test_slab_first_then_whole_volume_and_only_changed_experts_rerun(loaded):
     partials = []
     never = threading.Event()
     plan = session.plan_segmentation(display_axis=2, display_index=10)
-    assert [run.need_original for run in plan.runs] == [True, True]
+    assert plan.need_original == {"first", "second"}
     final = run_segmentation(plan, lambda f, m: None, never, never, partials.append)
     slab = partials[0]
     assert slab.stage == "slab" and not slab.done and not slab.complete_originals
@@ -91,7 +94,7 @@ def test_slab_first_then_whole_volume_and_only_changed_experts_rerun(loaded):
     session.set_df("second", 0.3)
     assert not session.compressed_is_current()
     plan = session.plan_segmentation()
-    assert [(r.need_original, r.need_compressed) for r in plan.runs] == [(False, False), (False, True)]
+    assert not plan.need_original and plan.need_compressed == {"second"}
     session.apply_segmentation(run_segmentation(plan, lambda f, m: None, never, never, lambda u: None))
     assert session.compressed_is_current()
     agreement = session.plan_agreement()(never)
@@ -107,7 +110,7 @@ def test_a_slab_that_needs_every_tile_goes_straight_to_the_volume(loaded):
     assert all(plan.segmenter.roi_needs_every_tile(run.expert, plan.roi) for run in plan.runs)
     partials, never = [], threading.Event()
     final = run_segmentation(plan, lambda f, m: None, never, never, partials.append)
-    assert [u.stage for u in partials] == ["volume"]  # the "originals done" update, no slab
+    assert [u.stage for u in partials] == ["volume", "volume"]  # each expert's original as it lands, no slab
     assert final.done and final.complete_experts == {"first"}  # "second" is at full rank
     assert session.apply_segmentation(final) and session.compressed_is_current()
 
@@ -127,9 +130,9 @@ def test_superseded_refresh_still_finishes_originals_and_stale_updates_are_refus
         "originals must complete (and be reported) even when the compressed part is dropped"
     )
     session.apply_segmentation(originals_done[-1])
-    assert [r.need_original for r in session.plan_segmentation().runs] == [False, False]
+    assert not session.plan_segmentation().need_original
     stale = originals_done[-1]
-    session.set_experts(list(session.experts.values()), "again")
+    session.set_experts(list(session.experts.values()), "again", session.source)
     assert not session.apply_segmentation(stale)
 
 

@@ -14,7 +14,8 @@ from tuckerscope.core.models.model_sources import folder_source
 from tuckerscope.core.outputs.deliverables import write_bundle
 from tuckerscope.core.segmentation.live_segmentation import run_segmentation
 from tuckerscope.core.session.export import session_bundle, session_sweep_backend
-from tuckerscope.core.session.session import CaseVolume, Session, SessionError, load_expert_models
+from tuckerscope.core.session.loading import load_expert_models
+from tuckerscope.core.session.session import CaseVolume, Session, SessionError
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def session(tmp_path_factory):
     session = Session()
     session.set_volume(CaseVolume.from_array(ct, np.diag([3.0, 3.0, 3.0, 1.0]), "tiny ct.nii.gz"))
     source = folder_source(write_tiny_model(root / "models", seed=5).parent.parent)
-    session.set_experts(load_expert_models(source), source.name)
+    session.set_experts(load_expert_models(source), source.name, source)
     session.set_df("tiny", 0.3)
     idle = threading.Event()
     session.apply_segmentation(
@@ -63,7 +64,7 @@ def test_sweep_of_a_session_reuses_its_originals(session):
 
     backend.segmenter.segment = counting
     result = run_sweep(backend, experts, grid=(1.0, 0.2))
-    assert runs == [False, False]  # two compressed runs, no original
+    assert runs == [False]  # DF 0.2 runs a compressed network; DF 1.0 is the original, not re-run
     assert [p.df for p in result.curve("tiny")] == [1.0, 0.2]
     assert result.curve("tiny")[0].mean_dice == pytest.approx(1.0)  # DF 1.0 reproduces the original
     assert result.curve("tiny")[1].cost.params < result.originals["tiny"].params

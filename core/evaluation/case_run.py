@@ -12,15 +12,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
-from tuckerscope.core.compression.counting import count_network
-from tuckerscope.core.compression.ranks import df_ranks, ranks_of
 from tuckerscope.core.compression.tucker import TuckerEngine
+from tuckerscope.core.evaluation.counts import ExpertSize, counts_table
 from tuckerscope.core.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
     ClassRef,
@@ -36,51 +34,60 @@ from tuckerscope.core.models.compressed_model import save_compressed
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.models.model_sources import ModelSource
 from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.runtime.progress import ProgressCallback
+from tuckerscope.core.segmentation.expert_run import ExpertRun, expert_engine
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter
 
-ProgressCallback = Callable[[float, str], None]
 CancelSignal = Callable[[], bool] | threading.Event | None
 
 
-def ranks_for_df(engine: TuckerEngine, df: float) -> dict[str, tuple[int, int]]:
-    """Every layer's ranks under the paper's DF rule (ceil(C x DF), at least 8, at most C)."""
-    return ranks_of(df_ranks(engine.layers, df))
-
-
-def engine_for(expert: LoadedExpert, factorise: bool = True) -> TuckerEngine:
-    """An engine for the network as nnU-Net runs it (one patch of the plans' size); factorised unless told."""
-    channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
-    engine = TuckerEngine(expert.network, (1, channels, *expert.patch_size))
-    if factorise:
-        engine.factorise()
-    return engine
-
-
 @dataclass
-class ExpertRun:
-    """One expert's original and compressed outputs on the input grid (its own label values) and costs."""
+class ExpertResult:
+    """What one ExpertRun gave on this CT: both outputs on the input grid (its own label values), timed."""
 
-    expert: LoadedExpert
-    df: float
+    run: ExpertRun
     original: np.ndarray
     compressed: np.ndarray
     original_seconds: float
     compressed_seconds: float
-    params_original: int
-    params_compressed: int
-    flops_original: int
-    flops_compressed: int
-    ranks: dict[str, tuple[int, int]] = field(default_factory=dict)
-    engine: TuckerEngine | None = None
-    network: nn.Module | None = None
+    size: ExpertSize
+
+    @property
+    def expert(self) -> LoadedExpert:
+        return self.run.expert
 
     @property
     def name(self) -> str:
-        return self.expert.name
+        return self.run.name
 
     @property
-    def compressed_is_original(self) -> bool:
-        return self.network is None
+    def df(self) -> float:
+        return self.run.df
+
+    @property
+    def engine(self) -> TuckerEngine | None:
+        """The factorised engine; None for an expert left at full rank (never factorised)."""
+        return self.run.engine if self.run.engine.is_factorised else None
+
+    @property
+    def ranks(self) -> dict[str, tuple[int, int]]:
+        return dict(self.run.ranks or {})
+
+    @property
+    def params_original(self) -> int:
+        return self.size.params_original
+
+    @property
+    def params_compressed(self) -> int:
+        return self.size.params_compressed
+
+    @property
+    def flops_original(self) -> int:
+        return self.size.flops_original
+
+    @property
+    def flops_compressed(self) -> int:
+        return self.size.flops_compressed
 
 
 @dataclass
@@ -90,7 +97,8 @@ class CaseResult:
     volume: Volume
     source: ModelSource
     options: InferenceOptions
-    experts: list[ExpertRun]
+    experts: list[ExpertResult]
+    networks: dict[str, object]  # expert -> its compressed network (absent at full rank)
     original: np.ndarray
     compressed: np.ndarray
     classes: list[ClassRef]
@@ -100,43 +108,14 @@ class CaseResult:
     def save_models(self, folder: Path) -> list[Path]:
         """Every compressed expert as an nnU-Net-style results folder under `folder` (see compressed_model)."""
         return [
-            save_compressed(run.expert, run.network, folder, {"df": run.df})
-            for run in self.experts
-            if run.network is not None
+            save_compressed(result.expert, self.networks[result.name], folder, {"df": result.df})
+            for result in self.experts
+            if result.name in self.networks
         ]
 
     def counts_rows(self) -> list[dict[str, object]]:
-        rows = [
-            {
-                "expert": e.name,
-                "df": e.df,
-                "params_original": e.params_original,
-                "params_compressed": e.params_compressed,
-                "params_ratio": e.params_original / max(e.params_compressed, 1),
-                "flops_original": e.flops_original,
-                "flops_compressed": e.flops_compressed,
-                "flops_ratio": e.flops_original / max(e.flops_compressed, 1),
-            }
-            for e in self.experts
-        ]
-        if len(rows) > 1:
-            original = sum(e.params_original for e in self.experts)
-            compressed = sum(e.params_compressed for e in self.experts)
-            flops_original = sum(e.flops_original for e in self.experts)
-            flops_compressed = sum(e.flops_compressed for e in self.experts)
-            rows.append(
-                {
-                    "expert": "total",
-                    "df": "",
-                    "params_original": original,
-                    "params_compressed": compressed,
-                    "params_ratio": original / max(compressed, 1),
-                    "flops_original": flops_original,
-                    "flops_compressed": flops_compressed,
-                    "flops_ratio": flops_original / max(flops_compressed, 1),
-                }
-            )
-        return rows
+        """The counts table (evaluation.counts): what the window's figures panel shows for the same setting."""
+        return counts_table([result.size for result in self.experts])
 
     def timings_rows(self) -> list[dict[str, object]]:
         """Measured end-to-end segmentation time per expert (preprocessing, sliding window, export)."""
@@ -208,12 +187,14 @@ def run_case(
     progress: ProgressCallback | None = None,
     cancel: CancelSignal = None,
     segmenter: Segmenter | None = None,
+    method: str = "tucker",
 ) -> CaseResult:
     """Segment with every expert, original and at its DF (experts absent from `dfs` stay uncompressed)."""
     options = options or InferenceOptions()
     report = progress or (lambda _fraction, _message: None)
     segmenter = segmenter or Segmenter(volume.data, volume.affine)
-    runs: list[ExpertRun] = []
+    results: list[ExpertResult] = []
+    networks = {}
     for index, expert in enumerate(experts):
         if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
             raise Cancelled("evaluation cancelled")
@@ -222,62 +203,50 @@ def run_case(
         def part(lo: float, hi: float, start: float = start, stop: float = stop) -> ProgressCallback:
             return lambda f, m: report(start + (stop - start) * (lo + (hi - lo) * f), m)
 
-        runs.append(run_expert(expert, dfs.get(expert.name), segmenter, options, part, cancel))
+        df = dfs.get(expert.name, 1.0)
+        part(0.0, 0.05)(0.0, f"{expert.name}: factorising")
+        run = ExpertRun.at_df(expert, expert_engine(expert, factorise=df < 1.0), df, method)
+        result, network = run_expert(run, segmenter, options, part, cancel)
+        results.append(result)
+        if network is not None:
+            networks[expert.name] = network
     report(1.0, "scoring")
-    original = source.merge([r.original for r in runs])
-    compressed = source.merge([r.compressed for r in runs])
+    original = source.merge([r.original for r in results])
+    compressed = source.merge([r.compressed for r in results])
     classes = class_refs(source, [e.name for e in experts])
     evaluation = evaluate(original, compressed, volume.spacing, classes, ground_truth, tolerance_mm)
-    return CaseResult(volume, source, options, runs, original, compressed, classes, evaluation, segmenter)
+    return CaseResult(
+        volume, source, options, results, networks, original, compressed, classes, evaluation, segmenter
+    )
 
 
 def run_expert(
-    expert: LoadedExpert,
-    df: float | None,
+    run: ExpertRun,
     segmenter: Segmenter,
     options: InferenceOptions,
     part: Callable[[float, float], ProgressCallback],
     cancel: CancelSignal,
-) -> ExpertRun:
+) -> tuple[ExpertResult, object]:
+    """Both sides of one expert, timed end to end; the compressed network comes back for --export."""
+    size = ExpertSize.of(run.name, run.df, run.costs(), run.method)
     started = time.perf_counter()
-    original = segmenter.segment(expert, options=options, progress=part(0.0, 0.45), cancel=cancel)
+    original = segmenter.segment(run.expert, options=options, progress=part(0.05, 0.5), cancel=cancel)
     original_seconds = time.perf_counter() - started
-    if df is None or df >= 1.0:
-        cost = count_network(engine_for(expert, factorise=False))
-        return ExpertRun(
-            expert, 1.0, original, original, original_seconds, original_seconds,
-            cost.params, cost.params, cost.flops, cost.flops,
-        )  # fmt: skip
-    part(0.45, 0.55)(0.0, f"{expert.name}: factorising")
-    engine = engine_for(expert)
-    ranks = ranks_for_df(engine, df)
-    network = engine.compress(ranks).eval()
+    network = run.build()
+    if network is None:
+        return ExpertResult(run, original, original, original_seconds, original_seconds, size), None
     started = time.perf_counter()
-    compressed = segmenter.segment(expert, network, options=options, progress=part(0.55, 1.0), cancel=cancel)
+    compressed = segmenter.segment(run.expert, network, options=options, progress=part(0.5, 1.0), cancel=cancel)
     seconds = time.perf_counter() - started
-    original_cost, compressed_cost = count_network(engine), count_network(engine, ranks)
-    return ExpertRun(
-        expert=expert,
-        df=df,
-        original=original,
-        compressed=compressed,
-        original_seconds=original_seconds,
-        compressed_seconds=seconds,
-        params_original=original_cost.params,
-        params_compressed=compressed_cost.params,
-        flops_original=original_cost.flops,
-        flops_compressed=compressed_cost.flops,
-        ranks=ranks,
-        engine=engine,
-        network=network,
-    )
+    return ExpertResult(run, original, compressed, original_seconds, seconds, size), network
 
 
 class ModelSweepBackend:
-    """The real sweep backend: the TS pipeline for segmentation, the Tucker engine for compression.
+    """The real sweep backend: the TS pipeline for segmentation, an ExpertRun per (expert, DF) for compression.
 
     Originals come from the case (or the segmenter's cache), so a sweep never re-runs an original network.
-    Each expert's classes are scored on its own output, in its own label values.
+    Each expert's classes are scored on its own output, in its own label values. ``method`` is 'tucker' or
+    'prune' (the paper's baseline at the same parameter budget).
     """
 
     def __init__(
@@ -288,6 +257,7 @@ class ModelSweepBackend:
         options: InferenceOptions | None = None,
         engines: Mapping[str, TuckerEngine] | None = None,
         originals: Mapping[str, tuple[np.ndarray, float]] | None = None,
+        method: str = "tucker",
     ) -> None:
         self.segmenter = segmenter
         self.experts = {expert.name: expert for expert in experts}
@@ -295,16 +265,17 @@ class ModelSweepBackend:
         self.options = options or InferenceOptions()
         self.engines: dict[str, TuckerEngine] = dict(engines or {})
         self.originals: dict[str, tuple[np.ndarray, float]] = dict(originals or {})
+        self.method = method
 
     @classmethod
     def from_case(cls, case: CaseResult) -> ModelSweepBackend:
         return cls(
             case.segmenter,
-            [run.expert for run in case.experts],
+            [result.expert for result in case.experts],
             case.volume.spacing,
             case.options,
-            engines={run.name: run.engine for run in case.experts if run.engine is not None},
-            originals={run.name: (run.original, run.original_seconds) for run in case.experts},
+            engines={r.name: r.engine for r in case.experts if r.engine is not None},
+            originals={r.name: (r.original, r.original_seconds) for r in case.experts},
         )
 
     def classes(self, expert: str) -> list[ClassRef]:
@@ -315,7 +286,7 @@ class ModelSweepBackend:
 
     def engine(self, expert: str) -> TuckerEngine:
         if expert not in self.engines:
-            self.engines[expert] = engine_for(self.experts[expert])
+            self.engines[expert] = expert_engine(self.experts[expert])
         return self.engines[expert]
 
     def original(
@@ -328,19 +299,20 @@ class ModelSweepBackend:
             )
             self.originals[expert] = (labels, time.perf_counter() - started)
         labels, seconds = self.originals[expert]
-        cost = count_network(self.engine(expert))
+        cost = ExpertRun(self.experts[expert], self.engine(expert), None).costs()[0]
         return labels, RunCost(cost.params, cost.flops, seconds)
 
     def compressed(
         self, expert: str, df: float, progress: ProgressCallback, cancel: CancelSignal
     ) -> tuple[np.ndarray, RunCost]:
-        engine = self.engine(expert)
-        ranks = ranks_for_df(engine, df)
-        network = engine.compress(ranks).eval()
+        run = ExpertRun.at_df(self.experts[expert], self.engine(expert), df, self.method)
+        network = run.build()
+        if network is None:  # DF 1.0: the compressed network is the original, as in run_case
+            return self.original(expert, progress, cancel)
         started = time.perf_counter()
         labels = self.segmenter.segment(
-            self.experts[expert], network, options=self.options, progress=progress, cancel=cancel
+            run.expert, network, options=self.options, progress=progress, cancel=cancel
         )
         seconds = time.perf_counter() - started
-        cost = count_network(engine, ranks)
+        cost = run.costs()[1]
         return labels, RunCost(cost.params, cost.flops, seconds)

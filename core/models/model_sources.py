@@ -92,27 +92,42 @@ class ModelSource:
     def lookup_table(self, index: int) -> np.ndarray:
         """Expert ``index``'s labels -> merged labels, as an array to index with a label map."""
         mapping = self.label_maps[index]
-        dtype = np.uint8 if max(self.class_names, default=0) < 256 else np.uint16
-        table = np.zeros(max(mapping, default=0) + 1, dtype=dtype)
+        table = np.zeros(max(mapping, default=0) + 1, dtype=self.label_dtype)
         for own, merged in mapping.items():
             table[own] = merged
         return table
 
+    @property
+    def label_dtype(self) -> type[np.unsignedinteger]:
+        return np.uint8 if max(self.class_names, default=0) < 256 else np.uint16
+
     def merge(self, expert_labels: Sequence[np.ndarray]) -> np.ndarray:
-        """TS's merge: map each expert's labels, later experts overwrite wherever they are non-zero."""
+        """TS's merge of every expert's output (see merge_labels)."""
         if len(expert_labels) != len(self.experts):
             raise ModelSourceError(
                 f"{self.name} has {len(self.experts)} experts, got {len(expert_labels)} outputs"
             )
-        dtype = np.uint8 if max(self.class_names, default=0) < 256 else np.uint16
-        merged = np.zeros(expert_labels[0].shape, dtype=dtype)
-        for index, labels in enumerate(expert_labels):
-            table = self.lookup_table(index)
-            if labels.size and int(labels.max()) >= len(table):
-                table = np.pad(table, (0, int(labels.max()) + 1 - len(table)))
-            mapped = table[labels]
-            np.copyto(merged, mapped, where=mapped != 0)
+        tables = [self.lookup_table(index) for index in range(len(self.experts))]
+        merged = merge_labels(list(zip(expert_labels, tables, strict=True)))
+        assert merged is not None  # every source has at least one expert
         return merged
+
+
+def merge_labels(outputs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+    """TS's merge rule, the one the CLI and the window share: each (labels, lookup table) in expert order
+    maps its labels to merged values and overwrites wherever the mapped value is non-zero (TS's
+    ``np.copyto(..., where=mapped != 0)``). A label the table does not know maps to background. None when
+    there is no output yet (the window merges the experts it has so far).
+    """
+    merged: np.ndarray | None = None
+    for labels, table in outputs:
+        if merged is None:
+            merged = np.zeros(labels.shape, dtype=table.dtype)
+        if labels.size and int(labels.max()) >= len(table):
+            table = np.pad(table, (0, int(labels.max()) + 1 - len(table)))
+        mapped = table[labels]
+        np.copyto(merged, mapped, where=mapped != 0)
+    return merged
 
 
 def resolve_source(
@@ -349,3 +364,11 @@ def expert_specs(model: str | Path) -> list[ExpertSpec]:
     if len(set(names)) < len(names):
         specs = [spec_from_folder(folder, name=f"{folder.parent.name}/{folder.name}") for folder in folders]
     return specs
+
+
+def ts_tasks_in(folder: Path) -> list[str]:
+    """TS tasks with at least one expert under ``folder`` (a TS home or its results folder), in TS order."""
+    folder = Path(folder)
+    root = folder / "nnunet" / "results" if (folder / "nnunet" / "results").is_dir() else folder
+    ids = {dataset_id(f) for f in find_result_folders(root)} if root.is_dir() else set()
+    return [name for name, task in TS_TASKS.items() if ids & set(task.dataset_ids)]

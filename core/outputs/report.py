@@ -34,11 +34,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LayerHeatmap:
-    """Explained variance of one layer over (r_out, r_in): grid[i, j] is the value at ranks (i + 1, j + 1)."""
+    """Explained variance of one layer over (r_out, r_in): grid[i, j] is the value at ranks (i + 1, j + 1).
+
+    The one heatmap type of the project: the report draws it, the window's heatmap panel shows it.
+    """
 
     layer: str
     grid: np.ndarray
-    chosen: tuple[int, int]
+    chosen: tuple[int, int] | None = None  # the ranks in use, when a report marks them
+
+    @property
+    def channels(self) -> tuple[int, int]:
+        """(C_out, C_in)."""
+        return int(self.grid.shape[0]), int(self.grid.shape[1])
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ def heatmap_figure(expert: str, layers: Sequence[LayerHeatmap]) -> str:
             extent=(0.5, grid.shape[1] + 0.5, 0.5, grid.shape[0] + 0.5),
             aspect="auto",
         )
-        r_out, r_in = layer.chosen
+        r_out, r_in = layer.chosen or layer.channels
         ax.plot([r_in], [r_out], marker="x", color="red", markersize=8, markeredgewidth=2)
         ev = (
             float(grid[r_out - 1, r_in - 1])

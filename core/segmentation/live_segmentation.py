@@ -1,9 +1,10 @@
 """Refresh the original and compressed segmentations of a session: visible slab first, then the whole volume.
 
-A plan is captured on the UI thread (immutable inputs: the experts, their ranks, the labels on screen); the
-run happens in one worker thread (the Segmenter is not thread-safe) and reports partial updates, each one
-ready to draw: per-expert labels on the input grid plus the merged RAS+ display maps. Originals are cached
-by the Segmenter and are only stopped by the user's cancel; compressed runs also stop when a newer request
+A plan is captured on the UI thread (immutable inputs: the experts' runs, the labels on screen); the run
+happens in one worker thread (the Segmenter is not thread-safe) and reports a partial update as soon as any
+expert's labels change, each one ready to draw: per-expert labels on the input grid plus the merged RAS+
+display maps (merged by TS's rule, model_sources.merge_labels, as the CLI merges). Originals are cached by the
+Segmenter and are only stopped by the user's cancel; compressed runs also stop when a newer request
 supersedes them.
 """
 
@@ -17,28 +18,12 @@ import numpy as np
 from scipy import ndimage
 from torch import nn
 
-from tuckerscope.core.compression.tucker import TuckerEngine
 from tuckerscope.core.imaging.display_grid import DisplayGrid
-from tuckerscope.core.models.model_folder import LoadedExpert
+from tuckerscope.core.models.model_sources import merge_labels
 from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.runtime.progress import ProgressCallback
+from tuckerscope.core.segmentation.expert_run import ExpertRun, RankKey
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Roi, Segmenter
-
-RankKey = tuple[object, ...]
-ProgressCallback = Callable[[float, str], None]
-
-
-@dataclass(frozen=True)
-class ExpertRun:
-    """What one expert needs in this refresh."""
-
-    name: str
-    expert: LoadedExpert
-    engine: TuckerEngine
-    ranks: Mapping[str, tuple[int, int]] | None  # None: full rank, the compressed side is the original
-    rank_key: RankKey
-    network: nn.Module | None  # a compressed network already built for rank_key, if any
-    need_original: bool
-    need_compressed: bool
 
 
 @dataclass(frozen=True)
@@ -46,17 +31,24 @@ class SegmentationPlan:
     volume_token: int
     segmenter: Segmenter
     grid: DisplayGrid
-    runs: tuple[ExpertRun, ...]
+    runs: tuple[ExpertRun, ...]  # every expert, in merge order
+    need_original: frozenset[str]
+    need_compressed: frozenset[str]
     label_maps: Mapping[str, np.ndarray]  # expert -> lookup table expert label -> merged label
     originals: Mapping[str, np.ndarray]
     compressed: Mapping[str, np.ndarray]
     roi: Roi | None
     roi_description: str
+    networks: Mapping[str, nn.Module] = field(default_factory=dict)  # compressed networks built already
     options: InferenceOptions = field(default_factory=InferenceOptions)
 
     @property
     def is_empty(self) -> bool:
-        return not any(run.need_original or run.need_compressed for run in self.runs)
+        return not (self.need_original or self.work_compressed)
+
+    @property
+    def work_compressed(self) -> frozenset[str]:
+        return frozenset(run.name for run in self.runs if run.name in self.need_compressed and run.ranks)
 
 
 @dataclass(frozen=True)
@@ -77,21 +69,11 @@ class SegmentationUpdate:
     positions: dict[int, tuple[int, int, int]] | None = None  # where each class is, once originals are whole
 
 
-def merge_labels(
+def merge_for_display(
     per_expert: Mapping[str, np.ndarray], label_maps: Mapping[str, np.ndarray], order: list[str]
 ) -> np.ndarray | None:
-    """One map of every expert's classes in merged label values; later experts win overlaps (as TS merges)."""
-    merged: np.ndarray | None = None
-    for name in order:
-        labels = per_expert.get(name)
-        if labels is None:
-            continue
-        lut = label_maps[name]
-        if merged is None:
-            merged = np.zeros(labels.shape, dtype=lut.dtype)
-        mapped = lut[np.minimum(labels, len(lut) - 1)]
-        np.copyto(merged, mapped, where=mapped > 0)
-    return merged
+    """The experts that have labels so far, merged by TS's rule in expert order (None: none yet)."""
+    return merge_labels([(per_expert[name], label_maps[name]) for name in order if name in per_expert])
 
 
 def class_positions(display_labels: np.ndarray) -> dict[int, tuple[int, int, int]]:
@@ -124,25 +106,33 @@ def run_segmentation(
 ) -> SegmentationUpdate:
     """Run a plan: the slab (if any) for every expert, then the whole volume; originals before compressed.
 
-    When superseded, the compressed work is dropped but the originals still finish (and are reported):
-    they are cached, and the request that superseded this one needs them too. Raises Cancelled at the end.
+    Each expert's labels are reported (``partial``) as soon as they exist, so a view shows the first expert
+    while the others still run. When superseded, the compressed work is dropped but the originals still
+    finish (and are reported): they are cached, and the request that superseded this one needs them too.
+    Raises Cancelled at the end.
     """
     order = [run.name for run in plan.runs]
     originals = dict(plan.originals)
     compressed = dict(plan.compressed)
     keys: dict[str, RankKey] = {}
     complete: set[str] = set()
-    complete_originals = {run.name for run in plan.runs if not run.need_original and run.name in originals}
-    located = not any(run.need_original for run in plan.runs)  # class positions already known
-    networks: dict[str, nn.Module] = {}
-    work = [(run, side) for side in ("original", "compressed") for run in plan.runs if _needs(run, side)]
+    complete_originals = {
+        run.name for run in plan.runs if run.name not in plan.need_original and run.name in originals
+    }
+    located = not plan.need_original  # class positions already known
+    networks: dict[str, nn.Module] = dict(plan.networks)
+    work = [
+        (run, side)
+        for side in ("original", "compressed")
+        for run in plan.runs
+        if run.name in (plan.need_original if side == "original" else plan.work_compressed)
+    ]
     stages = (["slab"] if plan.roi is not None else []) + ["volume"]
     steps = max(len(work) * len(stages), 1)
     done_steps = 0
     # A slab that needs every tile of an expert costs a whole pass; that expert goes straight to the volume.
     # Decided when the slab stage reaches the expert (it needs the preprocessed input, which a cancel interrupts).
     slab_is_whole: dict[str, bool] = {}
-    slab_ran = False
 
     def original_cancel() -> bool:
         return user_cancel.is_set()
@@ -185,11 +175,12 @@ def run_segmentation(
             positions=positions,
         )
 
-    for stage in stages:
+    last_step = (len(stages) - 1, len(work) - 1)
+    for stage_index, stage in enumerate(stages):
         if stage == "slab" and compressed_cancel():
             continue  # superseded: nobody will see this slab, go straight to the cached originals
         roi = plan.roi if stage == "slab" else None
-        for run, side in work:
+        for step, (run, side) in enumerate(work):
             if side == "compressed" and compressed_cancel():
                 continue  # dropped; the originals still finish, they are cached for the next request
             if roi is not None:
@@ -201,20 +192,14 @@ def run_segmentation(
                 if slab_is_whole[run.name]:
                     done_steps += 1
                     continue
-                slab_ran = True
             label = f"{run.name} {side}" + (f" ({plan.roi_description})" if roi is not None else "")
             if side == "original":
                 labels = _segment(plan, run, None, roi, report_for(label), original_cancel)
                 originals[run.name] = _paste(originals.get(run.name), labels, roi)
                 if roi is None:
                     complete_originals.add(run.name)
-                    last_original = not any(
-                        s == "original" and r.name not in complete_originals for r, s in work
-                    )
-                    if last_original and any(s == "compressed" for _, s in work):
-                        partial(update("volume", False, "originals done, compressed filling in"))
             else:
-                network = networks.get(run.name) or run.network or run.engine.compress(run.ranks or {})
+                network = networks.get(run.name) or run.build()
                 networks[run.name] = network
                 labels = _segment(plan, run, network, roi, report_for(label), compressed_cancel)
                 base = compressed.get(run.name, originals.get(run.name))
@@ -223,15 +208,12 @@ def run_segmentation(
                 if roi is None:
                     complete.add(run.name)
             done_steps += 1
-        if stage == "slab" and slab_ran and not compressed_cancel():
-            partial(update("slab", False, f"{plan.roi_description} updated, rest of the volume filling in"))
+            if (stage_index, step) != last_step and not (side == "compressed" and compressed_cancel()):
+                where = plan.roi_description if roi is not None else "whole volume"
+                partial(update(stage, False, f"{run.name} {side} ({where}) updated, the rest filling in"))
     if compressed_cancel():
         raise Cancelled("superseded by a newer request")
     return update("volume", True, "whole volume updated")
-
-
-def _needs(run: ExpertRun, side: str) -> bool:
-    return run.need_original if side == "original" else run.need_compressed and run.ranks is not None
 
 
 def _segment(
@@ -264,5 +246,5 @@ def _paste(base: np.ndarray | None, labels: np.ndarray, roi: Roi | None) -> np.n
 def _display(
     per_expert: Mapping[str, np.ndarray], plan: SegmentationPlan, order: list[str]
 ) -> np.ndarray | None:
-    merged = merge_labels(per_expert, plan.label_maps, order)
+    merged = merge_for_display(per_expert, plan.label_maps, order)
     return None if merged is None else plan.grid.to_display(merged)

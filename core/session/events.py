@@ -1,4 +1,4 @@
-"""A minimal event emitter for Qt-free models (napari style: models emit, views subscribe)."""
+"""Events of the Qt-free session (napari style: models emit, views subscribe), one per field."""
 
 from __future__ import annotations
 
@@ -28,3 +28,18 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.name!r}, {len(self._callbacks)} listeners)"
+
+
+class SessionEvents:
+    """What views subscribe to, one event per field of the session (napari style)."""
+
+    def __init__(self) -> None:
+        self.volume_changed = Event("volume_changed")  # ()
+        self.experts_changed = Event("experts_changed")  # ()
+        self.compression_changed = Event("compression_changed")  # (expert): its DF, layer ranks or method
+        self.network_changed = Event("network_changed")  # (expert): its compressed network was rebuilt
+        self.sizes_changed = Event("sizes_changed")  # (expert): its parameter and FLOP figures
+        self.heatmaps_changed = Event("heatmaps_changed")  # (): explained-variance grids of every expert
+        self.timing_changed = Event("timing_changed")  # (TimingResult | None)
+        self.segmentation_changed = Event("segmentation_changed")  # (SegmentationUpdate)
+        self.agreement_changed = Event("agreement_changed")  # (AgreementResult | None)

@@ -15,22 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tuckerscope.core.compression.counting import count_network
 from tuckerscope.core.compression.explained_variance import all_heatmaps
 from tuckerscope.core.evaluation.case_run import ModelSweepBackend
-from tuckerscope.core.evaluation.metrics import (
-    DEFAULT_TOLERANCE_MM,
-    ClassRef,
-    ClassScore,
-    Comparison,
-    Evaluation,
-)
+from tuckerscope.core.evaluation.counts import ExpertSize, counts_table
+from tuckerscope.core.evaluation.metrics import Evaluation
 from tuckerscope.core.evaluation.sweep import SweepResult
 from tuckerscope.core.models.compressed_model import save_compressed
 from tuckerscope.core.outputs.deliverables import ExportBundle
 from tuckerscope.core.outputs.exports import LabelStyle
 from tuckerscope.core.outputs.report import LayerHeatmap
-from tuckerscope.core.segmentation.live_segmentation import merge_labels
 from tuckerscope.core.segmentation.segmenter import Segmenter
 from tuckerscope.core.session.session import Session, SessionError
 
@@ -38,39 +31,21 @@ from tuckerscope.core.session.session import Session, SessionError
 def session_bundle(
     session: Session,
     sweep: SweepResult | None = None,
-    timings: Sequence[Mapping[str, object]] = (),
+    timings: Sequence[Mapping[str, object]] | None = None,
     include_heatmaps: bool = True,
 ) -> ExportBundle:
     """Everything the session shows, as an ExportBundle (merged TS label values, input grid)."""
     if session.volume is None or not session.experts:
         raise SessionError("nothing to export yet: open a CT and models first")
-    order = list(session.experts)
-    label_maps = {name: expert.lookup for name, expert in session.experts.items()}
     originals = complete_originals(session)
-    original = merge_labels(originals, label_maps, order) if len(originals) == len(order) else None
-    compressed = None
-    if original is not None and session.compressed_is_current():
-        per_expert = {
-            name: originals[name] if expert.is_full_rank() else session.compressed[name]
-            for name, expert in session.experts.items()
-        }
-        compressed = merge_labels(per_expert, label_maps, order)
-    counts = []
-    for name, expert in session.experts.items():
-        before, after = count_network(expert.engine), count_network(expert.engine, expert.ranks())
-        counts.append(
-            {
-                "expert": name,
-                "df": expert.df,
-                "layer_overrides": len(expert.overrides),
-                "params_original": before.params,
-                "params_compressed": after.params,
-                "params_ratio": before.params / max(after.params, 1),
-                "flops_original": before.flops,
-                "flops_compressed": after.flops,
-                "flops_ratio": before.flops / max(after.flops, 1),
-            }
-        )
+    original = compressed = None
+    if len(originals) == len(session.experts) and session.source is not None:
+        original = session.source.merge([originals[name] for name in session.experts])
+        maps = session.merged_maps()
+        compressed = None if maps is None else maps[1]
+    counts = counts_table(
+        [ExpertSize.of(name, e.df, e.run().costs(), e.method) for name, e in session.experts.items()]
+    )
     heatmaps: dict[str, list[LayerHeatmap]] = {}
     if include_heatmaps:
         for name, expert in session.experts.items():
@@ -102,23 +77,41 @@ def session_bundle(
         ct=session.volume.data,
         evaluation=agreement_evaluation(session),
         counts=counts,
-        timings=list(timings),
+        timings=list(timing_rows(session) if timings is None else timings),
         heatmaps=heatmaps,
         sweep=sweep,
         save_models=models_saver(session),
     )
 
 
+def timing_rows(session: Session) -> list[dict[str, object]]:
+    """The forward times the timing panel shows (the session's last measurement), one row per expert."""
+    result = session.timing
+    if result is None:
+        return []
+    return [
+        {
+            "expert": row.expert,
+            "DF": row.df,
+            "original_ms": round(row.original_seconds * 1000, 1),
+            "compressed_ms": None if row.compressed_seconds is None else round(row.compressed_seconds * 1000, 1),
+            "speedup": None if row.speedup is None else round(row.speedup, 3),
+            "setup": result.setup,
+        }
+        for row in result.rows
+    ]
+
+
 def models_saver(session: Session) -> Callable[[Path], list[Path]] | None:
-    """Saves each compressed expert at the ranks chosen now (captured now, built when the export runs)."""
-    chosen = [(e.loaded, e.engine, e.ranks(), e.df) for e in session.experts.values() if not e.is_full_rank()]
+    """Saves each compressed expert at the setting chosen now (captured now, built when the export runs)."""
+    chosen = [e.run() for e in session.experts.values() if not e.is_full_rank()]
     if not chosen:
         return None
 
     def save(folder: Path) -> list[Path]:
         return [
-            save_compressed(loaded, engine.compress(ranks).eval(), folder, {"df": df})
-            for loaded, engine, ranks, df in chosen
+            save_compressed(run.expert, run.build(), folder, {"df": run.df, "method": run.method})
+            for run in chosen
         ]
 
     return save
@@ -135,30 +128,8 @@ def complete_originals(session: Session) -> dict[str, np.ndarray]:
 
 
 def agreement_evaluation(session: Session) -> Evaluation | None:
-    """The agreement the window shows, restated in merged label values (classes empty on both: excluded)."""
-    if session.agreement is None:
-        return None
-    scores = [
-        ClassScore(
-            info.label,
-            info.name,
-            info.expert,
-            s.dice,
-            s.nsd,
-            s.reference_voxels,
-            s.prediction_voxels,
-            s.status,
-        )
-        for info, s in session.agreement.rows
-    ]
-    scored = {s.label for s in scores}
-    excluded = [
-        ClassRef(info.label, info.name, info.expert)
-        for expert in session.experts.values()
-        for info in expert.classes
-        if info.label not in scored
-    ]
-    return Evaluation(Comparison("original", "compressed", DEFAULT_TOLERANCE_MM, scores, excluded))
+    """The agreement the window shows: the same Comparison `eval` writes (merged label values)."""
+    return None if session.agreement is None else Evaluation(session.agreement.comparison)
 
 
 def session_sweep_backend(session: Session) -> tuple[ModelSweepBackend, list[str]]:

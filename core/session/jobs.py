@@ -1,41 +1,25 @@
 """Background jobs of the window, captured from a Session on the UI thread and run in a worker.
 
 Each ``*_job`` function reads what it needs from the session now (immutable values, or objects that are
-only read afterwards: networks, engines) and returns a function of (progress, cancel) for a worker thread.
-Qt-free, so the CLI, scripts and tests run exactly what the window runs.
+only read afterwards: networks, engines) and returns a function for a worker thread; the result goes back
+to the session's matching ``apply_*``. Qt-free, so the CLI, scripts and tests run exactly what the window runs.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-from torch import nn
-
-from tuckerscope.core.compression.counting import NetworkCost, count_network
 from tuckerscope.core.compression.explained_variance import all_heatmaps
+from tuckerscope.core.evaluation.counts import ExpertSize
 from tuckerscope.core.evaluation.timing import ForwardSetup, compare_forward
+from tuckerscope.core.outputs.report import LayerHeatmap
 from tuckerscope.core.runtime.errors import Cancelled
-from tuckerscope.core.segmentation.live_segmentation import RankKey
-from tuckerscope.core.session.session import ExpertModel, Session
-
-ProgressCallback = Callable[[float, str], None]
-Job = Callable[[ProgressCallback, threading.Event], object]
-
-
-@dataclass(frozen=True)
-class CompressionResult:
-    """A compressed network for one expert's ranks (None at full rank) and what it costs."""
-
-    expert: str
-    rank_key: RankKey
-    network: nn.Module | None
-    seconds: float  # time to build the network by slicing the cached factors
-    original: NetworkCost
-    compressed: NetworkCost
+from tuckerscope.core.runtime.progress import ProgressCallback
+from tuckerscope.core.segmentation.expert_run import RankKey, input_shape
+from tuckerscope.core.session.session import CompressionResult, Session
 
 
 @dataclass(frozen=True)
@@ -62,73 +46,73 @@ class TimingResult:
     setup: str  # device, precision, threads
     runs: int
 
+    def rank_keys(self) -> dict[str, RankKey]:
+        """The settings the figures were measured at."""
+        return {row.expert: row.rank_key for row in self.rows}
+
 
 def compression_job(session: Session, name: str) -> Callable[[], CompressionResult]:
-    """Build one expert's compressed network at its current ranks and count both networks."""
-    expert = session.expert(name)
-    key, ranks, engine, full = expert.rank_key(), expert.ranks(), expert.engine, expert.is_full_rank()
+    """Build one expert's compressed network at its current setting and count both networks."""
+    run = session.expert(name).run()
 
-    def run() -> CompressionResult:
+    def build() -> CompressionResult:
         start = time.perf_counter()
-        network = None if full else engine.compress(ranks)
+        network = run.build()
         seconds = time.perf_counter() - start
-        return CompressionResult(
-            name, key, network, seconds, count_network(engine), count_network(engine, ranks)
-        )
+        size = ExpertSize.of(name, run.df, run.costs(), run.method)
+        return CompressionResult(name, run.rank_key, network, seconds, size)
 
-    return run
+    return build
 
 
 def heatmaps_job(
     session: Session,
-) -> Callable[[ProgressCallback, threading.Event], dict[str, dict[str, np.ndarray]]]:
+) -> Callable[[ProgressCallback, threading.Event], dict[str, list[LayerHeatmap]]]:
     """Explained-variance grids of every layer of every expert, from the cached factors."""
     engines = {name: expert.engine for name, expert in session.experts.items()}
 
-    def run(progress: ProgressCallback, cancel: threading.Event) -> dict[str, dict[str, np.ndarray]]:
+    def run(progress: ProgressCallback, cancel: threading.Event) -> dict[str, list[LayerHeatmap]]:
         result = {}
         for index, (name, engine) in enumerate(engines.items()):
             if cancel.is_set():
                 raise Cancelled("heatmaps cancelled")
             progress(index / len(engines), f"heatmaps of {name}")
-            result[name] = all_heatmaps(engine)
+            result[name] = [LayerHeatmap(layer, grid) for layer, grid in all_heatmaps(engine).items()]
         return result
 
     return run
 
 
 def timing_job(
-    session: Session,
-    setup: ForwardSetup,
-    networks: Mapping[str, tuple[RankKey, nn.Module]],
-    runs: int = 3,
+    session: Session, setup: ForwardSetup, runs: int = 3
 ) -> Callable[[ProgressCallback, threading.Event], TimingResult]:
     """Forward time per expert on one patch of its plans' size, original and compressed interleaved.
 
-    ``networks`` holds compressed networks already built; missing ones are built in the worker.
+    Compressed networks the session has built already are reused; missing ones are built in the worker.
     """
     plans = []
     for expert in session.experts.values():
-        built = networks.get(expert.name)
-        key = expert.rank_key()
-        network = built[1] if built is not None and built[0] == key else None
-        plans.append((expert, key, expert.is_full_rank(), expert.ranks(), network, input_shape(expert)))
+        run = expert.run()
+        built = session.networks.get(expert.name)
+        network = built[1] if built is not None and built[0] == run.rank_key else None
+        plans.append((run, network))
 
-    def run(progress: ProgressCallback, cancel: threading.Event) -> TimingResult:
+    def measure(progress: ProgressCallback, cancel: threading.Event) -> TimingResult:
         setup.check()
         rows = []
-        for index, (expert, key, full, ranks, network, shape) in enumerate(plans):
-            progress(index / len(plans), f"timing {expert.name} ({setup.describe()})")
-            pair = {"original": expert.loaded.network}
-            if not full:
-                pair["compressed"] = network if network is not None else expert.engine.compress(ranks)
+        for index, (run, network) in enumerate(plans):
+            progress(index / len(plans), f"timing {run.name} ({setup.describe()})")
+            pair = {"original": run.expert.network}
+            if not run.is_full_rank:
+                pair["compressed"] = network if network is not None else run.build()
+            shape = input_shape(run.expert)
             timings = compare_forward(pair, shape, setup, warmup=1, runs=runs, should_cancel=cancel.is_set)
             compressed = timings.get("compressed")
             rows.append(
                 ExpertTiming(
-                    expert.name,
-                    expert.df,
-                    key,
+                    run.name,
+                    run.df,
+                    run.rank_key,
                     timings["original"].wall_seconds,
                     None if compressed is None else compressed.wall_seconds,
                     tuple(shape[2:]),
@@ -136,10 +120,4 @@ def timing_job(
             )
         return TimingResult(rows, setup.describe(), runs)
 
-    return run
-
-
-def input_shape(expert: ExpertModel) -> tuple[int, ...]:
-    """(1, channels, *patch): one patch as nnU-Net feeds the network."""
-    channels = len(expert.loaded.dataset_json.get("channel_names", {"0": "CT"}))
-    return (1, channels, *expert.loaded.patch_size)
+    return measure

@@ -1,39 +1,38 @@
-"""The state behind the TuckerScope window, Qt-free: one CT, its experts and their ranks, the segmentations.
+"""The state behind the TuckerScope window, Qt-free: one CT, its experts, their compression settings, and
+everything computed from them (networks, sizes, heatmaps, timings, segmentations, agreement).
 
-Napari style: a plain object that holds state and emits events (tuckerscope.core.session.events.Event) when a field
+Napari style: a plain object that holds state and emits one event per field (core.session.events) when it
 changes; views subscribe and redraw. The session is only mutated on one thread (the UI thread). Heavy work
-follows plan -> run -> apply: ``plan_*`` captures immutable inputs on the UI thread, ``run_*`` is a plain
-function a worker thread calls with progress and cancel, and ``apply_*`` stores its result and emits.
+follows plan -> run -> apply: ``plan_*`` (or a ``*_job`` of core.session.jobs) captures immutable inputs on
+the UI thread, the run is a plain function a worker thread calls with progress and cancel, and ``apply_*``
+stores its result and emits.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from torch import nn
 
 from tuckerscope.core.compression.ranks import check_df, df_ranks, ranks_of, with_overrides
 from tuckerscope.core.compression.tucker import TuckerEngine
-from tuckerscope.core.evaluation.metrics import ClassRef, ClassScore, compare
+from tuckerscope.core.evaluation.case_run import class_refs
+from tuckerscope.core.evaluation.counts import ExpertSize
+from tuckerscope.core.evaluation.metrics import ClassScore, Comparison, compare
 from tuckerscope.core.imaging.display_grid import DisplayGrid
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.models.model_sources import ModelSource
-from tuckerscope.core.runtime.errors import Cancelled, UserError
+from tuckerscope.core.outputs.report import LayerHeatmap
+from tuckerscope.core.runtime.errors import UserError
 from tuckerscope.core.runtime.processes import IsolatedRunner
-from tuckerscope.core.segmentation.live_segmentation import (
-    ExpertRun,
-    RankKey,
-    SegmentationPlan,
-    SegmentationUpdate,
-)
+from tuckerscope.core.segmentation.expert_run import ExpertRun, RankKey, check_method
+from tuckerscope.core.segmentation.live_segmentation import SegmentationPlan, SegmentationUpdate
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter, slab_roi
-from tuckerscope.core.session.events import Event
+from tuckerscope.core.session.events import SessionEvents
 
-ProgressCallback = Callable[[float, str], None]
 RGB = tuple[int, int, int]
 SLAB_HALF_WIDTH = 6  # slices either side of the one on screen that are segmented first
 # TS classes (and the demo's) that wrap the trunk: in 3D their shells hide every organ inside them.
@@ -107,6 +106,7 @@ class ExpertModel:
     lookup: np.ndarray  # expert label -> merged label (the source's TS merge table)
     df: float = 1.0
     overrides: dict[str, tuple[int, int]] = field(default_factory=dict)
+    method: str = "tucker"  # 'tucker' or 'prune' (the paper's baseline at the same parameter budget)
 
     @property
     def name(self) -> str:
@@ -125,35 +125,48 @@ class ExpertModel:
 
     def rank_key(self) -> RankKey:
         """Identifies the compressed network: equal keys, equal networks."""
-        return (round(self.df, 6), tuple(sorted(self.overrides.items())))
+        return (round(self.df, 6), tuple(sorted(self.overrides.items())), self.method)
+
+    def run(self) -> ExpertRun:
+        """The expert at its current setting, as the CLI runs it too (None ranks: full rank)."""
+        ranks = None if self.is_full_rank() else self.ranks()
+        return ExpertRun(self.loaded, self.engine, ranks, self.rank_key(), self.method, self.df)
 
 
 @dataclass(frozen=True)
 class AgreementResult:
+    """Compressed vs original on the merged maps, scored as `eval` scores them (same classes, same rule)."""
+
     volume_token: int
+    comparison: Comparison
     rows: list[tuple[ClassInfo, ClassScore]]  # worst first
     summary: str
 
 
-class SessionEvents:
-    """What views can subscribe to."""
+@dataclass(frozen=True)
+class CompressionResult:
+    """One expert's compressed network at a setting (None at full rank) and its size figures."""
 
-    def __init__(self) -> None:
-        self.volume_changed = Event("volume_changed")  # ()
-        self.experts_changed = Event("experts_changed")  # ()
-        self.ranks_changed = Event("ranks_changed")  # (expert name)
-        self.segmentation_changed = Event("segmentation_changed")  # (SegmentationUpdate)
-        self.agreement_changed = Event("agreement_changed")  # (AgreementResult | None)
+    expert: str
+    rank_key: RankKey
+    network: nn.Module | None
+    seconds: float  # time to build the network (slicing the cached factors, or pruning)
+    size: ExpertSize
 
 
 class Session:
-    """One CT and a set of experts; every view of the window reads from here."""
+    """One CT, a set of experts and everything computed from them; every view of the window reads from here.
+
+    Mutated on one thread (the UI thread) only, through the ``set_*`` and ``apply_*`` methods, each of which
+    emits the event of the field it changed.
+    """
 
     def __init__(self) -> None:
         self.events = SessionEvents()
         self.volume: CaseVolume | None = None
         self.experts: dict[str, ExpertModel] = {}
         self.model_source = ""
+        self.source: ModelSource | None = None
         self.segmenter: Segmenter | None = None
         self.volume_token = 0
         self.originals: dict[str, np.ndarray] = {}
@@ -165,6 +178,11 @@ class Session:
         self.display_compressed: np.ndarray | None = None
         self.positions: dict[int, tuple[int, int, int]] = {}
         self.agreement: AgreementResult | None = None
+        self.networks: dict[str, tuple[RankKey, nn.Module]] = {}  # compressed networks built so far
+        self.sizes: dict[str, ExpertSize] = {}
+        self.build_seconds: dict[str, float] = {}
+        self.heatmaps: dict[str, list[LayerHeatmap]] = {}
+        self.timing: object | None = None  # the last jobs.TimingResult, None until measured
         self.status = ""
         self.inference = InferenceOptions()  # how live segmentations run (device, precision, threads)
 
@@ -177,11 +195,27 @@ class Session:
         self._clear_segmentations()
         self.events.volume_changed.emit()
 
-    def set_experts(self, experts: list[ExpertModel], source: str) -> None:
-        """New experts for the same CT; the Segmenter (and its preprocessing per expert) is kept."""
+    def set_experts(
+        self,
+        experts: list[ExpertModel],
+        name: str,
+        source: ModelSource | None = None,
+        dfs: dict[str, float] | None = None,
+    ) -> None:
+        """New experts for the same CT, at ``dfs`` (e.g. the ones saved last time; others as they are).
+
+        The Segmenter (and its preprocessing per expert) is kept.
+        """
+        for expert in experts:
+            df = float((dfs or {}).get(expert.name, expert.df))
+            check_df(df)
+            expert.df = df
         self.experts = {expert.name: expert for expert in experts}
-        self.model_source = source
+        self.model_source = name
+        self.source = source
         self.volume_token += 1
+        self.networks, self.sizes, self.build_seconds, self.heatmaps = {}, {}, {}, {}
+        self.timing = None
         self._clear_segmentations()
         self.events.experts_changed.emit()
 
@@ -192,14 +226,21 @@ class Session:
         if df != expert.df:
             expert.df = df
             expert.overrides.clear()
-            self.events.ranks_changed.emit(name)
+            self.events.compression_changed.emit(name)
 
     def set_layer_ranks(self, name: str, layer: str, r_out: int, r_in: int) -> None:
         expert = self.expert(name)
         # with_overrides raises a RankPolicyError naming the layer when the ranks do not fit it
         with_overrides({}, {layer: (int(r_out), int(r_in))}, expert.engine.layers)
         expert.overrides[layer] = (int(r_out), int(r_in))
-        self.events.ranks_changed.emit(name)
+        self.events.compression_changed.emit(name)
+
+    def set_method(self, name: str, method: str) -> None:
+        """'tucker' or 'prune' for one expert (pruning keeps the parameter count of the Tucker setting)."""
+        expert = self.expert(name)
+        if check_method(method) != expert.method:
+            expert.method = method
+            self.events.compression_changed.emit(name)
 
     def expert(self, name: str) -> ExpertModel:
         if name not in self.experts:
@@ -210,6 +251,9 @@ class Session:
     def classes(self) -> list[ClassInfo]:
         return [info for expert in self.experts.values() for info in expert.classes]
 
+    def rank_keys(self) -> dict[str, RankKey]:
+        return {name: expert.rank_key() for name, expert in self.experts.items()}
+
     def _clear_segmentations(self) -> None:
         self.originals, self.compressed, self.compressed_keys = {}, {}, {}
         self.complete_originals = frozenset()
@@ -218,37 +262,48 @@ class Session:
         self.positions = {}
         self.agreement = None
 
+    # ----- results of background jobs (UI thread) -----------------------------------------------------------
+    def apply_compression(self, result: CompressionResult) -> bool:
+        """Keep a freshly built network and its figures; False if the expert's setting moved on since."""
+        expert = self.experts.get(result.expert)
+        if expert is None or expert.rank_key() != result.rank_key:
+            return False
+        if result.network is None:
+            self.networks.pop(result.expert, None)
+        else:
+            self.networks[result.expert] = (result.rank_key, result.network)
+        self.sizes[result.expert] = result.size
+        self.build_seconds[result.expert] = result.seconds
+        self.events.network_changed.emit(result.expert)
+        self.events.sizes_changed.emit(result.expert)
+        return True
+
+    def apply_heatmaps(self, heatmaps: dict[str, list[LayerHeatmap]]) -> None:
+        self.heatmaps = {name: grids for name, grids in heatmaps.items() if name in self.experts}
+        self.events.heatmaps_changed.emit()
+
+    def apply_timing(self, result: object | None) -> None:
+        self.timing = result
+        self.events.timing_changed.emit(result)
+
     # ----- segmentation refresh ------------------------------------------------------------------------------
     def plan_segmentation(
-        self,
-        display_axis: int | None = None,
-        display_index: int | None = None,
-        networks: Mapping[str, tuple[RankKey, nn.Module]] | None = None,
+        self, display_axis: int | None = None, display_index: int | None = None
     ) -> SegmentationPlan:
-        """What to segment now: missing originals, and compressed labels whose ranks changed.
+        """What to segment now: missing originals, and compressed labels whose setting changed.
 
-        With a display axis and slice, the slab around it comes first. ``networks`` holds compressed
-        networks already built (during the drag) so the worker need not build them again.
+        With a display axis and slice, the slab around it comes first. Compressed networks already built
+        (during the drag) are handed over so the worker need not build them again.
         """
         if self.volume is None or self.segmenter is None:
             raise SessionError("open a CT first")
-        runs = []
-        for name, expert in self.experts.items():
-            full = expert.is_full_rank()
-            key = expert.rank_key()
-            runs.append(
-                ExpertRun(
-                    name=name,
-                    expert=expert.loaded,
-                    engine=expert.engine,
-                    ranks=None if full else expert.ranks(),
-                    rank_key=key,
-                    network=_built_network(networks, name, key),
-                    need_original=name not in self.complete_originals,
-                    need_compressed=not full
-                    and (self.compressed_keys.get(name) != key or name not in self.complete_compressed),
-                )
-            )
+        runs = tuple(expert.run() for expert in self.experts.values())
+        need_compressed = frozenset(
+            name
+            for name, expert in self.experts.items()
+            if not expert.is_full_rank()
+            and (self.compressed_keys.get(name) != expert.rank_key() or name not in self.complete_compressed)
+        )
         roi, description = None, ""
         if display_axis is not None and display_index is not None:
             axis, index = self.volume.grid.input_index(display_axis, display_index)
@@ -261,7 +316,9 @@ class Session:
             volume_token=self.volume_token,
             segmenter=self.segmenter,
             grid=self.volume.grid,
-            runs=tuple(runs),
+            runs=runs,
+            need_original=frozenset(self.experts) - self.complete_originals,
+            need_compressed=need_compressed,
             label_maps={name: expert.lookup for name, expert in self.experts.items()},
             originals=dict(self.originals),
             compressed={
@@ -271,6 +328,11 @@ class Session:
             },
             roi=roi,
             roi_description=description,
+            networks={
+                run.name: self.networks[run.name][1]
+                for run in runs
+                if run.name in self.networks and self.networks[run.name][0] == run.rank_key
+            },
             options=self.inference,
         )
 
@@ -302,33 +364,43 @@ class Session:
             expert.is_full_rank() or name in self.complete_compressed for name, expert in self.experts.items()
         ) and len(self.complete_originals) == len(self.experts)
 
+
+    def merged_maps(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(original, compressed) whole-volume maps merged as `eval` merges them, or None until both exist."""
+        if self.source is None or not self.compressed_is_current():
+            return None
+        originals = [self.originals[name] for name in self.experts]
+        compressed = [
+            self.originals[name] if expert.is_full_rank() else self.compressed[name]
+            for name, expert in self.experts.items()
+        ]
+        return self.source.merge(originals), self.source.merge(compressed)
+
     # ----- agreement ----------------------------------------------------------------------------------------
     def plan_agreement(
         self, runner: IsolatedRunner | None = None
     ) -> Callable[[threading.Event], AgreementResult] | None:
-        """A job comparing compressed with original per class, or None until both cover the volume.
+        """A job scoring compressed against original class by class, or None until both cover the volume.
 
-        With a ``runner`` the scoring runs in its process (surface-distance holds the GIL for seconds).
+        The same maps, classes and scores as `tuckerscope eval` (class_refs, metrics.compare). With a
+        ``runner`` the scoring runs in its process (surface-distance holds the GIL for seconds).
         """
-        if self.volume is None or not self.compressed_is_current():
+        maps = self.merged_maps()
+        if self.volume is None or maps is None or self.source is None:
             return None
         token = self.volume_token
         spacing = self.volume.grid.input_spacing
-        infos = {(c.expert, c.expert_label): c for c in self.classes}
-        pairs = []
-        for name, expert in self.experts.items():
-            refs = [ClassRef(c.expert_label, c.name, c.expert) for c in expert.classes]
-            compressed = None if expert.is_full_rank() else self.compressed[name]
-            pairs.append((refs, self.originals[name], compressed))
+        refs = class_refs(self.source, list(self.experts))
+        infos = {(c.label, c.expert): c for c in self.classes}
 
         def run(cancel: threading.Event) -> AgreementResult:
             if runner is None:
-                scores = score_pairs(pairs, spacing)
+                comparison = compare(*maps, spacing, refs)
             else:
-                scores = runner.run(score_pairs, pairs, spacing, cancel=cancel)
-            rows = [(infos[(s.expert, s.label)], s) for s in scores]
+                comparison = runner.run(compare, *maps, spacing, refs, cancel=cancel)
+            rows = [(infos[(s.label, s.expert)], s) for s in comparison.scores]
             rows.sort(key=lambda row: (row[1].dice, row[1].nsd, row[0].name))
-            return AgreementResult(token, rows, summarise_agreement(rows))
+            return AgreementResult(token, comparison, rows, summarise_agreement(rows))
 
         return run
 
@@ -338,31 +410,6 @@ class Session:
         self.agreement = result
         self.events.agreement_changed.emit(result)
         return True
-
-
-def score_pairs(
-    pairs: list[tuple[list[ClassRef], np.ndarray, np.ndarray | None]], spacing: tuple[float, float, float]
-) -> list[ClassScore]:
-    """Per-class scores of each expert's compressed labels against its original (None: identical)."""
-    scores: list[ClassScore] = []
-    for refs, original, compressed in pairs:
-        if compressed is None:  # full rank: the same labels, so every present class agrees perfectly
-            counts = np.bincount(original.ravel(), minlength=max((r.label for r in refs), default=0) + 1)
-            scores += [
-                ClassScore(r.label, r.name, r.expert, 1.0, 1.0, int(counts[r.label]), int(counts[r.label]))
-                for r in refs
-                if counts[r.label] > 0
-            ]
-        else:
-            scores += compare(original, compressed, spacing, refs).scores
-    return scores
-
-
-def _built_network(
-    networks: Mapping[str, tuple[RankKey, nn.Module]] | None, name: str, key: RankKey
-) -> nn.Module | None:
-    built = (networks or {}).get(name)
-    return built[1] if built is not None and built[0] == key else None
 
 
 def summarise_agreement(rows: list[tuple[ClassInfo, ClassScore]]) -> str:
@@ -375,57 +422,3 @@ def summarise_agreement(rows: list[tuple[ClassInfo, ClassScore]]) -> str:
         f"{len(rows)} classes · mean Dice {dice.mean():.3f}, mean NSD {nsd.mean():.3f} · "
         f"worst: {worst[0].name} (Dice {worst[1].dice:.3f})"
     )
-
-
-def ts_tasks_in(folder: Path) -> list[str]:
-    """TS tasks with at least one expert under ``folder`` (a TS home or its results folder), in TS order."""
-    from tuckerscope.core.models.model_folder import find_result_folders
-    from tuckerscope.core.models.model_sources import TS_TASKS, dataset_id
-
-    folder = Path(folder)
-    root = folder / "nnunet" / "results" if (folder / "nnunet" / "results").is_dir() else folder
-    ids = {dataset_id(f) for f in find_result_folders(root)} if root.is_dir() else set()
-    return [name for name, task in TS_TASKS.items() if ids & set(task.dataset_ids)]
-
-
-def resolve_model_source(source: str) -> ModelSource:
-    """'demo', a TS task ('total', 'total_fast'), 'TASK@TS_HOME', or a folder of nnU-Net results."""
-    from tuckerscope.core.models.model_sources import TS_TASKS, resolve_source, ts_task_source
-
-    task, _, home = source.partition("@")
-    if home and task in TS_TASKS:
-        return ts_task_source(task, Path(home))
-    if source == "demo" or source in TS_TASKS:
-        return resolve_source(task=source)
-    return resolve_source(model=Path(source))
-
-
-def load_expert_models(
-    source: ModelSource,
-    progress: ProgressCallback | None = None,
-    cancel: threading.Event | None = None,
-) -> list[ExpertModel]:
-    """Load and factorise every expert of a source; classes get the source's merged labels and TS colours."""
-    from tuckerscope.core.models.model_folder import load_expert
-    from tuckerscope.core.outputs.exports import label_styles
-
-    report = progress or (lambda _f, _m: None)
-    styles = {style.label: style for style in label_styles(source.class_names)}
-    experts: list[ExpertModel] = []
-    count = len(source.experts)
-    for index, spec in enumerate(source.experts):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("loading cancelled")
-        report(index / count, f"loading {spec.name}")
-        loaded = load_expert(spec)
-        channels = len(loaded.dataset_json.get("channel_names", {"0": "CT"}))
-        engine = TuckerEngine(loaded.network, (1, channels, *loaded.patch_size))
-        report((index + 0.5) / count, f"factorising {loaded.name}")
-        engine.factorise(should_cancel=(lambda: cancel.is_set()) if cancel is not None else None)
-        classes = [
-            ClassInfo(merged, styles[merged].name, loaded.name, own, styles[merged].rgb)
-            for own, merged in sorted(source.label_maps[index].items())
-        ]
-        experts.append(ExpertModel(loaded, engine, classes, lookup=source.lookup_table(index)))
-    report(1.0, "models loaded")
-    return experts

@@ -1,0 +1,87 @@
+"""The window's policy, Qt-free: when to refresh, when to time, what the titles and figures lines say.
+
+The app's views and lanes ask here instead of deciding themselves, so the rules can be tested (and reused by
+scripts) without a window.
+"""
+
+from __future__ import annotations
+
+from tuckerscope.core.evaluation.counts import ExpertSize
+from tuckerscope.core.session.session import Session
+
+# A drag restarts this timer; segmentation starts when it pauses this long.
+SEGMENT_DEBOUNCE_MS = 200
+# Forward times are measured by themselves once the window is idle, but only when one pass of every expert
+# is cheap (the demo); for TS models (tens of seconds per pass) the user presses Re-measure.
+AUTO_TIMING_MAX_FLOPS = 50e9
+TIMING_RUNS = 3
+
+
+def debounce_ms(immediately: bool) -> int:
+    """0 for a new CT or model set (nothing is on screen yet), else wait for the drag to pause."""
+    return 0 if immediately else SEGMENT_DEBOUNCE_MS
+
+
+def should_time_automatically(session: Session) -> bool:
+    """Every expert's size is known, one pass of all of them is cheap, and the times shown are stale."""
+    experts = session.experts
+    if not experts or len(session.sizes) < len(experts):
+        return False
+    cheap = sum(session.sizes[name].flops_original for name in experts) <= AUTO_TIMING_MAX_FLOPS
+    measured = session.timing.rank_keys() if session.timing is not None else {}
+    return cheap and measured != session.rank_keys()
+
+
+def compressed_title(session: Session) -> str:
+    """'Compressed · DF 0.20' when the experts agree, else each expert's DF; '(updating…)' while stale."""
+    experts = session.experts
+    dfs = {round(e.df, 2) for e in experts.values()}
+    if len(dfs) == 1:
+        text = f"DF {dfs.pop():.2f}"
+    else:
+        text = ", ".join(f"{name} {e.df:.2f}" for name, e in experts.items())
+    pruned = [name for name, e in experts.items() if e.method == "prune" and not e.is_full_rank()]
+    if pruned:
+        text += " · pruned: " + ", ".join(pruned) if len(pruned) < len(experts) else " · pruned"
+    stale = "" if session.compressed_is_current() else " (updating…)"
+    return f"Compressed · {text}{stale}"
+
+
+def human(value: float, unit: str = "") -> str:
+    """12_300_000 -> '12.3 M'; short figures for narrow panels."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {suffix}{unit}"
+    return f"{value:.3g} {unit}".strip()
+
+
+def describe_build(session: Session, name: str) -> str:
+    """The figures line under an expert's slider."""
+    size: ExpertSize = session.sizes[name]
+    line = (
+        f"params {human(size.params_original)} → {human(size.params_compressed)} ({size.params_ratio:.1f}x) · "
+        f"FLOPs {human(size.flops_original)} → {human(size.flops_compressed)} ({size.flops_ratio:.1f}x)"
+    )
+    if session.experts[name].is_full_rank():
+        return line + " · uncompressed"
+    verb = "pruned" if size.method == "prune" else "network built"
+    return line + f" · {verb} in {session.build_seconds.get(name, 0.0) * 1000:.0f} ms"
+
+
+def colours(session: Session) -> dict[int, tuple[int, int, int]]:
+    """Merged label -> TS colour, for slices and 3D."""
+    return {info.label: info.rgb for info in session.classes}
+
+
+def class_names(session: Session) -> dict[int, str]:
+    return {info.label: info.name for info in session.classes}
+
+
+def left_out_of_3d(session: Session, show_body_wall: bool) -> tuple[int, ...]:
+    """Labels not meshed in 3D: the body-wall shells unless asked for (they hide every organ inside)."""
+    return () if show_body_wall else tuple(info.label for info in session.classes if info.wraps_the_body)
+
+
+def settings_key(source: str) -> str:
+    """QSettings keys cannot hold slashes meaningfully; keep the source readable but flat."""
+    return source.replace("/", "|").replace("\\", "|")
