@@ -1,7 +1,8 @@
 """Size figures: parameters, FLOPs and compression ratio per expert and in total, as a table and bar charts.
 
 The rows are core's counts table (the session's sizes, with_total), the same rows `tuckerscope eval` exports.
-FLOPs count one multiply-add as one FLOP, on the plans' patch size, as the core counter reports them.
+FLOPs count one multiply-add as one FLOP, on the plans' patch size, as fvcore counts them (norms included);
+the conv-only figure stands beside them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ ORIGINAL_BRUSH = (120, 160, 230)
 COMPRESSED_BRUSH = (240, 150, 60)
 
 
-COLUMNS = ("expert", "params orig", "params comp", "params ×", "FLOPs orig", "FLOPs comp", "FLOPs ×")
+COLUMNS = (
+    "expert", "params orig", "params comp", "params ×", "FLOPs orig", "FLOPs comp", "FLOPs ×", "conv-only FLOPs",
+)  # fmt: skip
 
 
 class FiguresPanel(QtWidgets.QWidget):
@@ -60,6 +63,7 @@ class FiguresPanel(QtWidgets.QWidget):
                 human(fig.flops_original),
                 human(fig.flops_compressed),
                 f"{fig.flops_ratio:.2f}",
+                f"{human(fig.conv_flops_original)} → {human(fig.conv_flops_compressed)}",
             )
             for fig in shown
         ]

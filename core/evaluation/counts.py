@@ -23,11 +23,18 @@ class ExpertSize:
     flops_original: int
     flops_compressed: int
     method: str = "tucker"
+    conv_flops_original: int = 0  # the convolutions alone (the paper's FLOPs also count norms, as fvcore does)
+    conv_flops_compressed: int = 0
 
     @classmethod
-    def of(cls, name: str, df: float, costs: tuple[NetworkCost, NetworkCost], method: str = "tucker") -> ExpertSize:
+    def of(
+        cls, name: str, df: float, costs: tuple[NetworkCost, NetworkCost], method: str = "tucker"
+    ) -> ExpertSize:
         original, compressed = costs
-        return cls(name, df, original.params, compressed.params, original.flops, compressed.flops, method)
+        return cls(
+            name, df, original.params, compressed.params, original.flops, compressed.flops, method,
+            original.conv_flops, compressed.conv_flops,
+        )  # fmt: skip
 
     @property
     def params_ratio(self) -> float:
@@ -49,6 +56,8 @@ class ExpertSize:
             "flops_original": self.flops_original,
             "flops_compressed": self.flops_compressed,
             "flops_ratio": self.flops_ratio,
+            "conv_flops_original": self.conv_flops_original,
+            "conv_flops_compressed": self.conv_flops_compressed,
         }
 
 
@@ -66,6 +75,8 @@ def with_total(sizes: Sequence[ExpertSize]) -> list[ExpertSize]:
                 sum(r.flops_original for r in sizes),
                 sum(r.flops_compressed for r in sizes),
                 methods.pop() if len(methods) == 1 else "mixed",
+                sum(r.conv_flops_original for r in sizes),
+                sum(r.conv_flops_compressed for r in sizes),
             )
         )
     return rows

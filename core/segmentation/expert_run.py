@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from torch import nn
 
 from tuckerscope.core.compression.counting import NetworkCost, count_network, non_conv_params
-from tuckerscope.core.compression.pruning import fraction_for_budget, kept_conv_params, prune_to_match
+from tuckerscope.core.compression.pruning import (
+    channels_to_zero,
+    fraction_for_budget,
+    prunable_layers,
+    prune_to_match,
+    pruned_cost,
+)
 from tuckerscope.core.compression.ranks import df_ranks, ranks_of
 from tuckerscope.core.compression.tucker import TuckerEngine
 from tuckerscope.core.models.model_folder import LoadedExpert
@@ -82,22 +88,22 @@ class ExpertRun:
         """The compressed network in eval mode (None at full rank: the original runs)."""
         if self.ranks is None:
             return None
-        if self.method == "prune":
-            return prune_to_match(self.engine, self.ranks).network.eval()
+        if self.method == "prune":  # the paper's baseline at this Tucker setting's parameter count
+            return prune_to_match(self.engine, count_network(self.engine, self.ranks).params).network.eval()
         return self.engine.compress(self.ranks).eval()
 
     def costs(self) -> tuple[NetworkCost, NetworkCost]:
-        """(original, compressed) parameters and FLOPs on one patch.
+        """(original, compressed) parameters and FLOPs on one patch, as count_network counts them.
 
-        A pruned network keeps its shape (zeroed channels still run), so its FLOPs are the original's and its
-        parameters are the ones left non-zero.
+        Pruning is counted on its non-zero weights (pruning.pruned_cost), at the Tucker setting's parameters.
         """
         original = count_network(self.engine)
         if self.ranks is None:
             return original, original
         tucker = count_network(self.engine, self.ranks)
-        if self.method == "prune":
-            budget = sum(cost.params for cost in tucker.layers.values())  # the Tucker setting's conv params
-            kept = kept_conv_params(self.engine, fraction_for_budget(self.engine, budget))
-            return original, NetworkCost(kept + non_conv_params(self.engine.network), original.flops)
-        return original, tucker
+        if self.method != "prune":
+            return original, tucker
+        # the channels prune_to_match(engine, tucker.params) zeroes, without building the pruned copy
+        fraction = fraction_for_budget(self.engine, tucker.params - non_conv_params(self.engine.network))
+        zeroed = {layer.name: channels_to_zero(layer, fraction) for layer in prunable_layers(self.engine)}
+        return original, pruned_cost(self.engine, zeroed)
