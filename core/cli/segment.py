@@ -22,6 +22,8 @@ from tuckerscope.core.imaging.volume import Volume, load_volume
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.models.model_sources import TASK_NAMES, ModelSource, resolve_source
 from tuckerscope.core.runtime.errors import UserError
+from tuckerscope.core.runtime.memory import retain_by_default
+from tuckerscope.core.segmentation.profile import StageCallback, StageProfile, timed_stage
 from tuckerscope.core.segmentation.segmenter import (
     DEVICES,
     InferenceOptions,
@@ -78,6 +80,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--timings", action="store_true", help="print the wall time of each stage")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the time of each pipeline stage (read ... write) and user vs kernel CPU time",
+    )
+    parser.add_argument(
+        "--release-memory",
+        action="store_true",
+        help="hand freed memory back to the OS at once (slower: fresh buffers page-fault); also "
+        "TUCKERSCOPE_RELEASE_MEMORY=1",
+    )
     parser.set_defaults(func=run)
 
 
@@ -94,8 +107,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     options.torch_device()
     _check_output(args.output, args.split)
+    if not args.release_memory:
+        retain_by_default()
+    profile = StageProfile() if args.profile else None
     clock = StageClock()
-    volume = load_volume(args.input)
+    with timed_stage(profile, "read"):
+        volume = load_volume(args.input)
     progress = TerminalProgress(enabled=not args.quiet)
     for warning in volume.warnings:
         progress.note(f"warning: {warning}")
@@ -110,13 +127,16 @@ def _run(args: argparse.Namespace) -> int:
     clock.lap("load experts")
     networks = compress_experts(experts, dfs, progress)
     clock.lap("factorise and compress")
-    labels = segment_source(volume, source, experts, networks, options, roi, progress)
+    labels = segment_source(volume, source, experts, networks, options, roi, progress, profile)
     clock.lap("segment")
     progress.finish(f"segmented in {clock.total():.1f} s")
-    write_output(args.output, labels, volume, source, split=args.split)
+    with timed_stage(profile, "write"):
+        write_output(args.output, labels, volume, source, split=args.split)
     clock.lap("write output")
     if args.timings:
         print(clock.report(), file=sys.stderr)
+    if profile is not None:
+        print(profile.report(), file=sys.stderr)
     return 0
 
 
@@ -196,9 +216,10 @@ def segment_source(
     options: InferenceOptions,
     roi: Roi | None,
     progress: TerminalProgress,
+    profile: StageCallback | None = None,
 ) -> np.ndarray:
     """Every expert through the TS pipeline (compressed where ``networks`` has one), merged as TS merges."""
-    segmenter = Segmenter(volume.data, volume.affine)
+    segmenter = Segmenter(volume.data, volume.affine, profile=profile)
     outputs = []
     for index, expert in enumerate(experts):
         share = (index / len(experts), (index + 1) / len(experts))

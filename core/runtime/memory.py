@@ -49,12 +49,17 @@ def retain_freed_memory() -> bool:
 RELEASE_MEMORY_VARIABLE = "TUCKERSCOPE_RELEASE_MEMORY"
 
 
-def retain_for_interactive_use() -> bool:
-    """The window's policy: it re-runs the same passes all session long, so it keeps freed memory for reuse
-    (about 1.5x faster re-segmentation of the demo) unless TUCKERSCOPE_RELEASE_MEMORY=1 asks to hand it back."""
+def retain_by_default() -> bool:
+    """The policy of `segment` and the window: keep freed memory for reuse (every tile and every re-run
+    allocates the same activation and logit buffers again; about 1.5x faster re-segmentation of the demo)
+    unless TUCKERSCOPE_RELEASE_MEMORY=1 asks to hand it back."""
     if os.environ.get(RELEASE_MEMORY_VARIABLE, "").strip() in ("1", "true", "yes"):
         return False
     return retain_freed_memory()
+
+
+# The window's name for the same policy.
+retain_for_interactive_use = retain_by_default
 
 
 def process_memory_kb(field: str) -> int:

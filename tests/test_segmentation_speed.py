@@ -1,0 +1,157 @@
+"""The cheaper forms of the pipeline's steps give nnU-Net's own numbers bit for bit: the per-class aggregation,
+the slab-wise argmax, the preprocessed input shared by experts with the same preprocessing; the stage profile
+names every stage; originals persist on disk keyed by CT, model and options."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_model import write_tiny_model
+from tuckerscope.core.models.model_folder import load_expert, spec_from_folder
+from tuckerscope.core.segmentation import segmenter as segmenter_module
+from tuckerscope.core.segmentation.original_cache import OriginalCache, volume_content_hash
+from tuckerscope.core.segmentation.profile import STAGES, StageProfile
+from tuckerscope.core.segmentation.segmenter import (
+    InferenceOptions,
+    Segmenter,
+    _accumulate,
+    _logits_to_segmentation,
+    recipe_for,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def expert(folder):
+    return load_expert(spec_from_folder(folder))
+
+
+@pytest.fixture(scope="module")
+def ct() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    data = np.where(rng.random((38, 34, 32)) < 0.5, 40.0, -1000.0) + rng.normal(0, 30, (38, 34, 32))
+    data[8:30, 6:28, 4:28] += 120
+    return data.astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0])
+
+
+def test_per_class_accumulation_rounds_as_nnunet():
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn((3, 12, 10, 9), generator=generator) * 4).half()
+    gaussian = (torch.rand((6, 5, 4), generator=generator) * 10).half()
+    prediction = torch.randn((3, 6, 5, 4), generator=generator) * 7
+    slicer = (slice(None), slice(3, 9), slice(2, 7), slice(4, 8))
+    theirs = logits.clone()
+    weighted = prediction.clone()
+    weighted *= gaussian
+    theirs[slicer] += weighted
+    mine = logits.clone()
+    _accumulate(mine, prediction.clone(), gaussian.float(), slicer)
+    assert torch.equal(mine, theirs)
+    assert not torch.equal(mine, logits)
+
+
+def test_slab_argmax_equals_nnunets_export_with_ties(expert, ct):
+    from nnunetv2.inference.export_prediction import (
+        convert_predicted_logits_to_segmentation_with_correct_shape,
+    )
+
+    prepared = Segmenter(*ct)._prepare(expert, recipe_for(expert))
+    shape = prepared.properties["shape_after_cropping_and_before_resampling"]
+    heads = prepared.predictor.label_manager.num_segmentation_heads
+    generator = torch.Generator().manual_seed(2)
+    padded = torch.round(torch.randn((heads, shape[0] + 2, shape[1] + 3, shape[2] + 1), generator=generator))
+    logits = padded.half()[:, 1:-1, 2:-1, :-1]  # a strided view, as the sliding window hands it over
+    assert (logits[0] == logits[1]).float().mean() > 0.2  # many ties: the first maximum must win, as in numpy
+    theirs = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits.numpy(),
+        prepared.predictor.plans_manager,
+        prepared.predictor.configuration_manager,
+        prepared.predictor.label_manager,
+        dict(prepared.properties),
+        return_probabilities=False,
+    )
+    mine = _logits_to_segmentation(prepared, logits)
+    assert mine.dtype == theirs.dtype
+    np.testing.assert_array_equal(mine, theirs)
+
+
+def test_experts_with_the_same_preprocessing_share_one_input(folder, expert, ct, tmp_path):
+    twin_folder = shutil.copytree(folder, tmp_path / "twin")
+    twin = load_expert(spec_from_folder(twin_folder))
+    segmenter = Segmenter(*ct)
+    first = segmenter._prepare(expert, recipe_for(expert))
+    second = segmenter._prepare(twin, recipe_for(twin))
+    assert second.data is first.data and second.predictor is not first.predictor
+    other = load_expert(spec_from_folder(shutil.copytree(folder, tmp_path / "other")))
+    other.plans["foreground_intensity_properties_per_channel"]["0"]["mean"] += 1.0
+    third = segmenter._prepare(other, recipe_for(other))
+    assert third.data is not first.data
+
+
+def test_profile_names_every_stage_the_segmenter_runs(expert, ct):
+    profile = StageProfile()
+    Segmenter(*ct, profile=profile).segment(expert)
+    expected = {"reorient", "normalise", "tiles (network)", "aggregation", "argmax", "resample back"}
+    assert expected <= set(profile.seconds) <= set(STAGES)
+    assert profile.counts["tiles (network)"] == 4  # the test CT needs four tiles
+    report = profile.report()
+    assert "tiles (network)" in report and "kernel" in report
+
+
+def test_original_cache_persists_across_segmenters(expert, ct, tmp_path, monkeypatch):
+    cache = OriginalCache(tmp_path / "cache")
+    labels = Segmenter(*ct, original_cache=cache).segment(expert)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+    def no_tiles(*_args, **_kwargs):
+        raise AssertionError("the original should have come from the disk cache")
+
+    monkeypatch.setattr(segmenter_module, "_TileRun", no_tiles)
+    again = Segmenter(ct[0].copy(), ct[1], original_cache=OriginalCache(tmp_path / "cache"))
+    np.testing.assert_array_equal(again.segment(expert), labels)
+    with pytest.raises(AssertionError, match="disk cache"):  # other options: another entry
+        again.segment(expert, options=InferenceOptions(precision="bf16"))
+    changed = ct[0].copy()
+    changed[0, 0, 0] += 1
+    with pytest.raises(AssertionError, match="disk cache"):  # another CT: another entry
+        Segmenter(changed, ct[1], original_cache=cache).segment(expert)
+
+
+def test_cache_entries_are_atomic_capped_and_clearable(tmp_path):
+    cache = OriginalCache(tmp_path, max_bytes=2500)
+    keys = [cache.key(volume_content_hash(np.full((4, 4, 4), i), np.eye(4)), "model", ("fp32",)) for i in range(3)]
+    assert len(set(keys)) == 3
+    first = np.arange(1000, dtype=np.uint8).reshape(10, 10, 10)
+    assert cache.put(keys[0], first)
+    np.testing.assert_array_equal(cache.get(keys[0], (10, 10, 10)), first)
+    assert cache.get(keys[0], (10, 10, 9)) is None  # another shape is no hit
+    assert cache.get(keys[1]) is None
+    # a half-written leftover is never read; a damaged entry is a miss and is removed
+    (tmp_path / f".{keys[1]}.npy.123.part").write_bytes(b"\x93NUMPY")
+    (tmp_path / f"{keys[1]}.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    assert cache.get(keys[1]) is None and not (tmp_path / f"{keys[1]}.npy").exists()
+    # the cap: the least recently used entry goes first
+    os.utime(tmp_path / f"{keys[0]}.npy", (1, 1))
+    assert cache.put(keys[1], first) and cache.put(keys[2], first)
+    assert cache.get(keys[0]) is None and cache.get(keys[2]) is not None
+    assert cache.size_bytes() <= 2500
+    assert not cache.put(keys[0], np.zeros(5000, np.uint8))  # larger than the cap itself
+    assert cache.clear() >= 2 and cache.size_bytes() == 0
+    assert not list(tmp_path.iterdir())
