@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tuckerscope.core.models.model_folder import LoadedExpert
+from tuckerscope.core.runtime.locations import cache_dir
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 # Bump when the segmenter's output for the same inputs could change: every older entry then misses.
@@ -33,12 +34,8 @@ _MODEL_HASHES = "model_hashes.json"
 
 
 def default_cache_folder() -> Path:
-    """The platform's user cache folder for TuckerScope (platformdirs), or ~/.cache/tuckerscope without it."""
-    try:
-        from platformdirs import user_cache_dir
-    except ImportError:
-        return Path.home() / ".cache" / "tuckerscope" / "originals"
-    return Path(user_cache_dir("tuckerscope", appauthor=False)) / "originals"
+    """``originals`` in the platform's per-user cache folder (core.runtime.locations, via platformdirs)."""
+    return cache_dir() / "originals"
 
 
 def volume_content_hash(data: np.ndarray, affine: np.ndarray) -> str:
