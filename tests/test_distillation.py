@@ -275,3 +275,24 @@ def test_distilled_student_is_a_copy_not_the_engine_network(expert, engine):
     with torch.no_grad():
         after = expert.network(x)
     torch.testing.assert_close(before, after)
+
+
+def test_figure2_gives_four_curves_from_one_teacher_pool(expert, monkeypatch):
+    from tuckerscope.core.distillation import figure2 as figure2_module
+
+    builds = []
+    real_build = figure2_module.Distiller._pool
+    monkeypatch.setattr(
+        figure2_module.Distiller, "_pool", lambda self, *a: builds.append(self._original_pool) or real_build(self, *a)
+    )
+    seen = []
+    figure = figure2_module.figure2(
+        expert, scans(1), dfs=(0.6, 0.3), steps_per_point=1, base=config(), on_point=seen.append
+    )
+    curves = figure.curves()
+    assert set(curves) == {"tucker zero-shot", "tucker distilled", "prune zero-shot", "prune distilled"}
+    assert all(len(points) == 2 for points in curves.values()) and len(seen) == 8
+    assert sum(pool is None for pool in builds) == 1  # the original's outputs were computed once
+    tucker = {p.df: p.compression_ratio for p in curves["tucker zero-shot"]}
+    assert tucker[0.3] > tucker[0.6] > 1
+    assert all(0.0 <= p.mean_dice <= 1.0 and p.steps == (1 if p.distilled else 0) for p in figure.points)

@@ -8,7 +8,6 @@ phantoms, each network (and the original) is scored against the true labels too.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,13 +15,13 @@ import numpy as np
 from torch import nn
 
 from tuckerscope.core.distillation.data import ScanSource
+from tuckerscope.core.distillation.distiller import CancelSignal, cancel_checker
 from tuckerscope.core.evaluation.metrics import Comparison, classes_from_names, compare
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled
 from tuckerscope.core.segmentation.segmenter import Segmenter
 
 ProgressCallback = Callable[[float, str], None]
-CancelSignal = Callable[[], bool] | threading.Event | None
 ORIGINAL = "original"
 
 
@@ -77,14 +76,23 @@ def agreement_with_original(
     scans: ScanSource,
     progress: ProgressCallback | None = None,
     cancel: CancelSignal = None,
+    segmenters: dict[str, Segmenter] | None = None,
 ) -> dict[str, Agreement]:
-    """{name: Agreement} for every network, plus 'original' (its truth scores only), over ``scans``."""
+    """{name: Agreement} for every network, plus 'original' (its truth scores only), over ``scans``.
+
+    ``segmenters`` (scan name -> Segmenter) keeps each scan's preprocessing and original labels for later
+    calls on the same scans (figure 2 scores many networks one setting at a time); filled when given.
+    """
     classes = classes_from_names(expert.class_names, expert.name)
     results = {name: Agreement(name) for name in (*networks, ORIGINAL)}
     for index, scan in enumerate(scans):
         if progress is not None:
             progress(index / len(scans), f"scoring on {scan.name}")
-        segmenter = Segmenter(scan.ct, scan.affine)
+        segmenter = segmenters.get(scan.name) if segmenters is not None else None
+        if segmenter is None:
+            segmenter = Segmenter(scan.ct, scan.affine)
+            if segmenters is not None:
+                segmenters[scan.name] = segmenter
         spacing = tuple(float(s) for s in np.sqrt((scan.affine[:3, :3] ** 2).sum(axis=0)))
         original = segmenter.segment(expert, cancel=cancel)
         truth = scan.truth_for(expert)
@@ -92,7 +100,7 @@ def agreement_with_original(
             _add(results[ORIGINAL].truth_dice, compare(truth, original, spacing, classes))
         results[ORIGINAL].scans += 1
         for name, network in networks.items():
-            if _cancelled(cancel):
+            if cancel_checker(cancel)():
                 raise Cancelled("scoring cancelled")
             labels = segmenter.segment(expert, network, cancel=cancel)
             _add(results[name].dice, compare(original, labels, spacing, classes))
@@ -107,9 +115,3 @@ def agreement_with_original(
 def _add(store: dict[str, list[float]], comparison: Comparison) -> None:
     for score in comparison.scores:
         store.setdefault(score.name, []).append(score.dice)
-
-
-def _cancelled(cancel: CancelSignal) -> bool:
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())

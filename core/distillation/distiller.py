@@ -303,7 +303,7 @@ class Distiller:
         resume: Path | None = None,
     ) -> DistilResult:
         """Distil every stage within the budget; raises Cancelled (after a checkpoint) when cancelled."""
-        should_cancel = _cancel_checker(cancel)
+        should_cancel = cancel_checker(cancel)
         report = progress or (lambda _fraction, _message: None)
         state = self._load_checkpoint(resume) if resume is not None else None
         torch.manual_seed(self.config.seed)
@@ -650,7 +650,8 @@ def _cancel_hooks(network: nn.Module, should_cancel: Callable[[], bool]) -> Iter
             hook.remove()
 
 
-def _cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:
+def cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:
+    """A threading.Event, a callable or None as one callable returning True once cancelled."""
     if cancel is None:
         return lambda: False
     if isinstance(cancel, threading.Event):
