@@ -33,6 +33,21 @@ def test_sweep_scores_every_expert_and_df_reusing_the_original():
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+def test_sweep_has_a_method_dimension():
+    """Tucker and the pruning baseline at the same DFs: one curve each, from one cached original."""
+    backend = ErodingBackend()
+    result = run_sweep(backend, ["organs"], grid=(0.9, 0.5), methods=("tucker", "prune"))
+    assert backend.original_runs == {"organs": 1} and result.methods == ("tucker", "prune")
+    assert ("organs", 0.5, "prune") in backend.compressed_runs
+    tucker, pruned = result.curve("organs"), result.curve("organs", "prune")
+    assert [p.df for p in pruned] == [0.9, 0.5] and all(p.method == "prune" for p in pruned)
+    assert pruned[1].cost.params == tucker[1].cost.params and pruned[1].mean_dice < tucker[1].mean_dice
+    assert {row["method"] for row in result.rows() if row["network"] == "compressed"} == {"tucker", "prune"}
+    assert [p["method"] for p in result.to_dict()["points"]] == ["tucker", "tucker", "prune", "prune"]
+    with pytest.raises(SweepError, match="methods"):
+        run_sweep(backend, ["organs"], grid=(0.5,), methods=("svd",))
+
+
 def test_cancel_keeps_the_finished_points():
     backend = ErodingBackend(cancel_after=3)
     result = run_sweep(backend, ["organs", "ribs"], grid=(0.9, 0.5, 0.1, 0.05), cancel=backend.event)
@@ -43,7 +58,7 @@ def test_cancel_keeps_the_finished_points():
 
 def test_a_cancelled_backend_run_ends_the_sweep():
     class Stopping(ErodingBackend):
-        def compressed(self, expert, df, progress, cancel):
+        def compressed(self, expert, df, progress, cancel, method="tucker"):
             if df < 0.6:
                 raise Cancelled("stop")
             return super().compressed(expert, df, progress, cancel)

@@ -17,7 +17,7 @@ class SlowBackend(ErodingBackend):
         super().__init__()
         self.gate = threading.Semaphore(0)
 
-    def compressed(self, expert, df, progress, cancel):
+    def compressed(self, expert, df, progress, cancel, method="tucker"):
         self.gate.acquire(timeout=10)
         return super().compressed(expert, df, progress, cancel)
 

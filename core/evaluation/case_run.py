@@ -245,8 +245,8 @@ class ModelSweepBackend:
     """The real sweep backend: the TS pipeline for segmentation, an ExpertRun per (expert, DF) for compression.
 
     Originals come from the case (or the segmenter's cache), so a sweep never re-runs an original network.
-    Each expert's classes are scored on its own output, in its own label values. ``method`` is 'tucker' or
-    'prune' (the paper's baseline at the same parameter budget).
+    Each expert's classes are scored on its own output, in its own label values. Each compressed run says
+    its method: 'tucker' or 'prune' (the paper's baseline at the same parameter budget).
     """
 
     def __init__(
@@ -257,7 +257,6 @@ class ModelSweepBackend:
         options: InferenceOptions | None = None,
         engines: Mapping[str, TuckerEngine] | None = None,
         originals: Mapping[str, tuple[np.ndarray, float]] | None = None,
-        method: str = "tucker",
     ) -> None:
         self.segmenter = segmenter
         self.experts = {expert.name: expert for expert in experts}
@@ -265,7 +264,6 @@ class ModelSweepBackend:
         self.options = options or InferenceOptions()
         self.engines: dict[str, TuckerEngine] = dict(engines or {})
         self.originals: dict[str, tuple[np.ndarray, float]] = dict(originals or {})
-        self.method = method
 
     @classmethod
     def from_case(cls, case: CaseResult) -> ModelSweepBackend:
@@ -303,9 +301,9 @@ class ModelSweepBackend:
         return labels, RunCost(cost.params, cost.flops, seconds)
 
     def compressed(
-        self, expert: str, df: float, progress: ProgressCallback, cancel: CancelSignal
+        self, expert: str, df: float, progress: ProgressCallback, cancel: CancelSignal, method: str = "tucker"
     ) -> tuple[np.ndarray, RunCost]:
-        run = ExpertRun.at_df(self.experts[expert], self.engine(expert), df, self.method)
+        run = ExpertRun.at_df(self.experts[expert], self.engine(expert), df, method)
         network = run.build()
         if network is None:  # DF 1.0: the compressed network is the original, as in run_case
             return self.original(expert, progress, cancel)

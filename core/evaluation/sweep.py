@@ -1,9 +1,10 @@
 """DF sweep for one CT: how quality falls as each expert is compressed harder, against size and measured time.
 
-For every expert and every DF of the grid, the expert alone is compressed, the CT is segmented with it, and
-its classes are scored against the expert's original segmentation (computed once and cached). Each point
-records the parameters, FLOPs and measured segmentation time of that run, with Dice and NSD per class: the
-paper's quality-vs-compression curve, for one scan.
+For every expert, every method (Tucker, or the paper's pruning baseline at the Tucker setting's parameter
+count) and every DF of the grid, the expert alone is compressed, the CT is segmented with it, and its classes
+are scored against the expert's original segmentation (computed once and cached). Each point records the
+parameters, FLOPs and measured segmentation time of that run, with Dice and NSD per class: the paper's
+quality-vs-compression curves (Figure 2), for one scan.
 
 The sweep reaches models through a small `SweepBackend` protocol, so it runs the same for TS experts, the
 demo models or a test double; `case_run.ModelSweepBackend` is the real one (segmenter, Tucker engine,
@@ -26,6 +27,7 @@ from tuckerscope.core.runtime.errors import Cancelled, UserError
 from tuckerscope.core.runtime.progress import ProgressCallback
 
 DEFAULT_GRID: tuple[float, ...] = (0.9, 0.7, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+METHODS: tuple[str, ...] = ("tucker", "prune")
 
 CancelSignal = Callable[[], bool] | threading.Event | None
 
@@ -45,12 +47,13 @@ class RunCost:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One (expert, DF) run: its cost and the per-class agreement with the expert's original output."""
+    """One (expert, method, DF) run: its cost and the per-class agreement with the expert's original output."""
 
     expert: str
     df: float
     cost: RunCost
     comparison: Comparison
+    method: str = "tucker"
 
     @property
     def mean_dice(self) -> float:
@@ -82,17 +85,18 @@ class SweepResult:
     originals: dict[str, RunCost] = field(default_factory=dict)
     points: list[SweepPoint] = field(default_factory=list)
     cancelled: bool = False
+    methods: tuple[str, ...] = ("tucker",)
 
     @property
     def experts(self) -> list[str]:
         return list(dict.fromkeys([*self.originals, *(p.expert for p in self.points)]))
 
-    def curve(self, expert: str) -> list[SweepPoint]:
-        """The expert's points ordered from the least to the most compressed."""
-        return sorted((p for p in self.points if p.expert == expert), key=lambda p: -p.df)
+    def curve(self, expert: str, method: str = "tucker") -> list[SweepPoint]:
+        """The expert's points for one method ordered from the least to the most compressed."""
+        return sorted((p for p in self.points if p.expert == expert and p.method == method), key=lambda p: -p.df)
 
     def rows(self) -> list[dict[str, object]]:
-        """One CSV row per (expert, DF, class), plus the original's cost on DF 1.0 rows without scores."""
+        """One CSV row per (expert, method, DF, class), plus the original's cost on DF 1.0 rows without scores."""
         rows: list[dict[str, object]] = []
         for expert, cost in self.originals.items():
             rows.append(
@@ -100,6 +104,7 @@ class SweepResult:
                     "expert": expert,
                     "df": 1.0,
                     "network": "original",
+                    "method": "",
                     "params": cost.params,
                     "flops": cost.flops,
                 }
@@ -110,6 +115,7 @@ class SweepResult:
                 "expert": point.expert,
                 "df": point.df,
                 "network": "compressed",
+                "method": point.method,
                 "params": point.cost.params,
                 "flops": point.cost.flops,
                 "seconds": point.cost.seconds,
@@ -123,10 +129,12 @@ class SweepResult:
             "grid": list(self.grid),
             "tolerance_mm": self.tolerance_mm,
             "cancelled": self.cancelled,
+            "methods": list(self.methods),
             "originals": {k: vars(v) for k, v in self.originals.items()},
             "points": [
                 {
                     "expert": p.expert,
+                    "method": p.method,
                     "df": p.df,
                     **vars(p.cost),
                     "mean_dice": p.mean_dice,
@@ -141,7 +149,11 @@ class SweepResult:
 
 
 class SweepBackend(Protocol):
-    """What a sweep needs from the models; the original run must be cached by the backend."""
+    """What a sweep needs from the models; the original run must be cached by the backend.
+
+    ``compressed`` runs the expert compressed at ``df`` by ``method`` ('tucker', or 'prune': the paper's
+    baseline at the parameter count of the Tucker network at that DF).
+    """
 
     def classes(self, expert: str) -> list[ClassRef]: ...
 
@@ -152,8 +164,16 @@ class SweepBackend(Protocol):
     ) -> tuple[np.ndarray, RunCost]: ...
 
     def compressed(
-        self, expert: str, df: float, progress: ProgressCallback, cancel: CancelSignal
+        self, expert: str, df: float, progress: ProgressCallback, cancel: CancelSignal, method: str = "tucker"
     ) -> tuple[np.ndarray, RunCost]: ...
+
+
+def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(methods))
+    unknown = [m for m in values if m not in METHODS]
+    if not values or unknown:
+        raise SweepError(f"sweep methods must be among {', '.join(METHODS)}, got {', '.join(methods) or 'none'}")
+    return values
 
 
 def check_grid(grid: Sequence[float]) -> tuple[float, ...]:
@@ -182,37 +202,41 @@ def run_sweep(
     progress: ProgressCallback | None = None,
     cancel: CancelSignal = None,
     on_point: Callable[[SweepPoint], None] | None = None,
+    methods: Sequence[str] = ("tucker",),
 ) -> SweepResult:
-    """Run every (expert, DF); `on_point` sees each point as it lands so a plot can grow live.
+    """Run every (expert, method, DF); `on_point` sees each point as it lands so a plot can grow live.
 
     Cancelling returns the points finished so far with `cancelled=True` rather than raising: a half sweep
     is still worth plotting.
     """
     grid = check_grid(grid)
+    methods = check_methods(methods)
     if not experts:
         raise SweepError("no experts to sweep")
-    result = SweepResult(grid=grid, tolerance_mm=tolerance_mm)
+    result = SweepResult(grid=grid, tolerance_mm=tolerance_mm, methods=methods)
     report = progress or (lambda _fraction, _message: None)
-    steps = len(experts) * (len(grid) + 1)
+    runs = [(method, df) for method in methods for df in grid]
+    steps = len(experts) * (len(runs) + 1)
     spacing = backend.spacing()
     try:
         for e, expert in enumerate(experts):
-            step = e * (len(grid) + 1)
+            step = e * (len(runs) + 1)
             original, cost = backend.original(
                 expert, sub_progress(report, step, steps, f"{expert} original"), cancel
             )
             result.originals[expert] = cost
             classes = backend.classes(expert)
-            for d, df in enumerate(grid, start=1):
+            for d, (method, df) in enumerate(runs, start=1):
                 if is_cancelled(cancel):
                     raise Cancelled()
+                label = f"{expert} DF {df:g}" + (" pruned" if method == "prune" else "")
                 labels, cost = backend.compressed(
-                    expert, df, sub_progress(report, step + d, steps, f"{expert} DF {df:g}"), cancel
+                    expert, df, sub_progress(report, step + d, steps, label), cancel, method
                 )
                 comparison = compare(
                     original, labels, spacing, classes, tolerance_mm, "original", "compressed"
                 )
-                point = SweepPoint(expert, df, cost, comparison)
+                point = SweepPoint(expert, df, cost, comparison, method)
                 result.points.append(point)
                 if on_point is not None:
                     on_point(point)
