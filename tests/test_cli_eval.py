@@ -11,6 +11,7 @@ import pytest
 
 from tiny_model import write_tiny_model
 from tuckerscope.core.cli.main import main
+from tuckerscope.core.outputs.exports import label_styles, write_segmentation
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,14 @@ def case(tmp_path_factory):
     truth = np.zeros(ct.shape, np.uint8)
     truth[body] = 1
     truth[x**2 + y**2 + z**2 < 0.15] = 2
-    nib.save(nib.Nifti1Image(truth, affine), root / "truth.nii.gz")
-    nib.save(nib.Nifti1Image(truth[:-2], affine), root / "wrong_grid.nii.gz")
+    # the truth's own numbering and names (spleen=1, liver=7), in another orientation than the CT
+    flipped = np.diag([3.0, 3.0, 3.0, 1.0])
+    flipped[:3, 3] = affine[:3, :3] @ (np.array(ct.shape) - 1) + affine[:3, 3]
+    own = np.where(truth == 2, 1, np.where(truth == 1, 7, 0)).astype(np.uint8)[::-1, ::-1]
+    write_segmentation(root / "truth.nii.gz", own, flipped, label_styles({1: "spleen", 7: "liver"}))
+    write_segmentation(root / "coarse.nii.gz", truth[::2], affine @ np.diag([2, 1, 1, 1]), label_styles({1: "liver"}))
+    nib.save(nib.Nifti1Image(truth, affine), root / "unnamed.nii.gz")
+    write_segmentation(root / "others.nii.gz", truth, affine, label_styles({1: "brain", 2: "lung_left"}))
     write_tiny_model(root / "models", seed=3)
     return root
 
@@ -70,12 +77,43 @@ def test_eval_json_with_ground_truth(case, capsys, tmp_path):
     assert (model / "fold_0" / "checkpoint_final.pth").is_file() and (model / "plans.json").is_file()
 
 
+def test_eval_ground_truth_matched_by_name_on_another_grid(case, capsys):
+    """A coarser ground truth naming only 'liver' is resampled (said so) and scores liver alone, no Dice 0 rows."""
+    code, out, err = run_cli(
+        capsys,
+        "eval", "-i", case / "ct.nii.gz", "--model", case / "models", "--df", "0.3", "--gt", case / "coarse.nii.gz",
+        "--json", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "resampled onto the CT's grid by nearest neighbour" in err
+    assert "not scored against it: spleen" in err
+    truth = json.loads(out)["metrics"]["original_vs_ground_truth"]
+    assert [c["name"] for c in truth["classes"]] + truth["excluded"] == ["liver"]
+    assert truth["not_in_reference"] == ["spleen"]
+
+
+def test_eval_prunes_at_the_tucker_parameter_count(case, capsys):
+    sizes = {}
+    for method in ("tucker", "prune"):
+        code, out, err = run_cli(
+            capsys, "eval", "-i", case / "ct.nii.gz", "--model", case / "models", "--df", "0.3",
+            "--method", method, "--json", "--quiet",
+        )  # fmt: skip
+        assert code == 0, err
+        sizes[method] = json.loads(out)["experts"]["tiny"]
+    tucker, pruned = sizes["tucker"], sizes["prune"]
+    assert pruned["method"] == "prune" and tucker["method"] == "tucker"
+    assert 0.85 * tucker["params_compressed"] <= pruned["params_compressed"] <= tucker["params_compressed"]
+    for entry in sizes.values():  # fvcore's total (convs and norms) beside the conv-only figure
+        assert entry["flops_original"] > entry["conv_flops_original"] > entry["conv_flops_compressed"] > 0
+
+
 def test_eval_text_summary(case, capsys):
     code, out, err = run_cli(
         capsys, "eval", "-i", case / "ct.nii.gz", "--model", case / "models", "--df", "0.2"
     )
     assert code == 0, err
-    assert "tiny: DF 0.2, params" in out
+    assert "tiny: DF 0.2, params" in out and "(conv only" in out
     assert re.search(r"compressed vs original \(NSD tolerance 3 mm", out)
 
 
@@ -84,7 +122,8 @@ def test_eval_text_summary(case, capsys):
     [
         (["--df", "1.5"], "--df '1.5': DF must be between"),
         ([], "give at least one --df"),
-        (["--df", "0.3", "--gt", "wrong_grid.nii.gz"], "not on the CT's voxel grid"),
+        (["--df", "0.3", "--gt", "unnamed.nii.gz"], "carries no class names"),
+        (["--df", "0.3", "--gt", "others.nii.gz"], "none of the 2 classes of ground truth others.nii.gz"),
         (["--df", "0.3", "--gt", "absent.nii.gz"], "does not exist"),
         (["--df", "0.3", "--tolerance", "-1"], "--tolerance"),
         (["--df", "nosuchexpert=0.3"], "no expert named 'nosuchexpert'"),
@@ -117,6 +156,7 @@ def test_report_is_written_and_self_contained(case, capsys, tmp_path):
     ):
         assert heading in text
     assert text.count("data:image/png;base64,") >= 4
+    assert "0.5, 0.2 (tucker, prune)" in text  # the sweep ran the pruning baseline too
 
 
 def test_report_refuses_a_missing_folder(case, capsys, tmp_path):

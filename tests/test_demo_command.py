@@ -26,6 +26,8 @@ def test_demo_reports_every_expert_and_class(capsys, tmp_path):
     saved = nib.load(tmp_path / "phantom_ct.nii.gz")
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj), make_phantom(4321).ct)
     assert (tmp_path / "phantom_labels.nii.gz").is_file()
+    table = (tmp_path / "phantom_labels_itksnap_labels.txt").read_text()  # eval --gt matches by these names
+    assert '"vertebrae_L4"' in table and '"rib_left_8"' in table
 
 
 def test_demo_rejects_a_negative_seed_in_one_line(capsys):

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--save-phantom",
         type=Path,
         metavar="DIR",
-        help="also write the phantom as DIR/phantom_ct.nii.gz and DIR/phantom_labels.nii.gz",
+        help="also write the phantom as DIR/phantom_ct.nii.gz and DIR/phantom_labels.nii.gz, with label tables "
+        "naming its classes beside it (eval/report --gt match them to the model's classes by name)",
     )
     parser.set_defaults(func=run)
 
@@ -86,13 +87,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _save_phantom(phantom: Phantom, folder: Path) -> None:
+    """The CT and its fine labels, with ITK-SNAP and Slicer tables naming them (for `eval --gt` by name)."""
     import nibabel as nib
 
+    from tuckerscope.core.outputs.exports import label_styles, write_segmentation
+
+    labels = folder / "phantom_labels.nii.gz"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        ct, labels = phantom.to_nifti()
+        ct, _ = phantom.to_nifti()
         nib.save(ct, folder / "phantom_ct.nii.gz")
-        nib.save(labels, folder / "phantom_labels.nii.gz")
+        files = write_segmentation(labels, phantom.labels, phantom.affine, label_styles(phantom.class_names))
     except OSError as exc:
         raise DemoArgumentError(f"cannot write the phantom to {folder}: {exc.strerror or exc}") from None
-    print(f"phantom written to {folder / 'phantom_ct.nii.gz'} and {folder / 'phantom_labels.nii.gz'}")
+    print(
+        f"phantom written to {folder / 'phantom_ct.nii.gz'} and {labels} "
+        f"(class names in {files.itksnap_labels.name} and {files.slicer_colour_table.name})"
+    )

@@ -1,8 +1,9 @@
 """`tuckerscope eval`: how much do compressed experts change the segmentation of this CT?
 
-Segments the CT with the original and the Tucker-compressed experts (TS pipeline for both), then prints
-per-class Dice and NSD of compressed vs original, and of both vs a ground truth with --gt, grouped per
-expert with mean and worst. --json prints one JSON object instead; --export DIR also writes the
+Segments the CT with the original and the Tucker-compressed (or pruned) experts (TS pipeline for both), then
+prints per-class Dice and NSD of compressed vs original, and of both vs a ground truth with --gt, grouped per
+expert with mean and worst. The ground truth's classes are matched to the model's by name (its label table,
+see imaging.label_maps); classes it does not name are not scored against it. --json prints one JSON object instead; --export DIR also writes the
 segmentations (NIfTI + ITK-SNAP + Slicer tables), the CSV tables and the compressed models.
 """
 
@@ -13,11 +14,12 @@ import json
 import math
 from pathlib import Path
 
-from tuckerscope.core.cli.compress import add_df_argument
+from tuckerscope.core.cli.compress import add_df_argument, add_method_argument
 from tuckerscope.core.cli.segment import TerminalProgress, parse_dfs
-from tuckerscope.core.evaluation.case_run import CaseResult, load_ground_truth, run_case
-from tuckerscope.core.evaluation.metrics import DEFAULT_TOLERANCE_MM, Comparison
-from tuckerscope.core.imaging.volume import load_volume
+from tuckerscope.core.evaluation.case_run import CaseResult, run_case
+from tuckerscope.core.evaluation.metrics import DEFAULT_TOLERANCE_MM, Comparison, GroundTruth
+from tuckerscope.core.imaging.label_maps import load_label_map, match_by_name
+from tuckerscope.core.imaging.volume import Volume, load_volume
 from tuckerscope.core.models.model_sources import TASK_NAMES, ModelSource, resolve_source
 from tuckerscope.core.outputs.deliverables import ExportBundle, write_bundle
 from tuckerscope.core.outputs.exports import label_styles
@@ -43,7 +45,15 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ts-home", type=Path, help="TotalSegmentator home (default: TOTALSEG_HOME_DIR)")
     add_df_argument(parser)
-    parser.add_argument("--gt", type=Path, metavar="LABELS", help="ground-truth label map on the CT's grid")
+    add_method_argument(parser)
+    parser.add_argument(
+        "--gt",
+        type=Path,
+        metavar="LABELS",
+        help="ground-truth label map (any grid: reoriented or resampled onto the CT's); its classes are "
+        "matched to the model's by name, from its label table (NAME_itksnap_labels.txt or NAME.ctbl beside "
+        "it, TotalSegmentator's header table, or dataset.json)",
+    )
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -95,7 +105,7 @@ def run_case_from_args(args: argparse.Namespace, progress: TerminalProgress) -> 
     for warning in volume.warnings:
         progress.note(f"warning: {warning}")
     source = resolve_models(args)
-    ground_truth = load_ground_truth(args.gt, volume) if args.gt is not None else None
+    ground_truth = ground_truth_for(args.gt, volume, source, progress) if args.gt is not None else None
     experts = source.load()
     dfs = parse_dfs(args.df, [e.name for e in experts])
     if not dfs:
@@ -109,7 +119,20 @@ def run_case_from_args(args: argparse.Namespace, progress: TerminalProgress) -> 
         ground_truth=ground_truth,
         tolerance_mm=args.tolerance,
         progress=progress.update,
+        method=args.method,
     )
+
+
+def ground_truth_for(path: Path, volume: Volume, source: ModelSource, progress: TerminalProgress) -> GroundTruth:
+    """The --gt label map on the CT's grid, renumbered into the model's classes by name."""
+    truth = load_label_map(path, volume.shape, volume.affine)
+    for warning in truth.warnings:
+        progress.note(f"warning: {warning}")
+    match = match_by_name(truth.names, source.class_names, what=f"ground truth {path.name}")
+    progress.note(f"ground truth {path.name}: classes named by its {truth.names_from}")
+    for note in match.notes(source.class_names):
+        progress.note(note)
+    return GroundTruth(match.renumber(truth.data), frozenset(match.members))
 
 
 def case_bundle(case: CaseResult, settings: dict[str, object], **extra: object) -> ExportBundle:
@@ -137,6 +160,7 @@ def case_settings(case: CaseResult, args: argparse.Namespace) -> dict[str, objec
         f"{' x '.join(f'{s:g}' for s in case.volume.spacing)} mm ({''.join(case.volume.axis_codes)})",
         "models": case.source.name,
         "DF per expert": ", ".join(f"{e.name}={e.df:g}" for e in case.experts),
+        "method": "Tucker" if args.method == "tucker" else "channel pruning at the Tucker parameter count",
         "device / precision": f"{case.options.device} / {case.options.precision}",
         "NSD tolerance": f"{args.tolerance:g} mm",
         "ground truth": str(args.gt) if args.gt else "none",
@@ -168,9 +192,12 @@ def text_summary(case: CaseResult) -> str:
     lines = []
     for e in case.experts:
         speedup = e.original_seconds / e.compressed_seconds if e.compressed_seconds > 0 else math.nan
+        size = e.size
         lines.append(
-            f"{e.name}: DF {e.df:g}, params {e.params_original:,} -> {e.params_compressed:,} "
-            f"({e.params_original / max(e.params_compressed, 1):.2f}x), segmentation {e.original_seconds:.1f} s -> "
+            f"{e.name}: DF {e.df:g}{' pruned' if size.method == 'prune' else ''}, params {e.params_original:,} -> "
+            f"{e.params_compressed:,} ({size.params_ratio:.2f}x), GFLOPs {e.flops_original / 1e9:.2f} -> "
+            f"{e.flops_compressed / 1e9:.2f} (conv only {size.conv_flops_original / 1e9:.2f} -> "
+            f"{size.conv_flops_compressed / 1e9:.2f}), segmentation {e.original_seconds:.1f} s -> "
             f"{e.compressed_seconds:.1f} s ({speedup:.2f}x, {case.options.device} {case.options.precision})"
         )
     for comparison in case.evaluation.comparisons():
@@ -181,7 +208,12 @@ def text_summary(case: CaseResult) -> str:
 def comparison_lines(comparison: Comparison, worst: int = 5) -> list[str]:
     lines = [
         f"{comparison.prediction} vs {comparison.reference} (NSD tolerance {comparison.tolerance_mm:g} mm; "
-        f"{len(comparison.scores)} classes scored, {len(comparison.excluded)} empty on both sides excluded)",
+        f"{len(comparison.scores)} classes scored, {len(comparison.excluded)} empty on both sides excluded"
+        + (
+            f", {len(comparison.not_in_reference)} not named by the {comparison.reference} not scored)"
+            if comparison.not_in_reference
+            else ")"
+        ),
         f"  {'expert':<16}{'classes':>8}{'mean Dice':>11}{'mean NSD':>10}  worst Dice / worst NSD",
     ]
     for s in comparison.by_expert().values():

@@ -1,6 +1,6 @@
 """`tuckerscope report`: one self-contained HTML file to show a colleague what compression did to this CT.
 
-Runs the same case as `eval`, optionally a DF sweep (--sweep), and writes the report: settings, parameter
+Runs the same case as `eval`, optionally a DF sweep (--sweep; Tucker and the pruning baseline), and writes the report: settings, parameter
 counts, measured times, per-class agreement, sweep curves, slice snapshots and per-layer heatmaps.
 """
 
@@ -19,7 +19,7 @@ from tuckerscope.core.cli.eval import (
 from tuckerscope.core.cli.segment import TerminalProgress
 from tuckerscope.core.compression.explained_variance import all_heatmaps
 from tuckerscope.core.evaluation.case_run import CaseResult, ModelSweepBackend
-from tuckerscope.core.evaluation.sweep import DEFAULT_GRID, SweepResult, check_grid, run_sweep
+from tuckerscope.core.evaluation.sweep import DEFAULT_GRID, SweepResult, check_grid, check_methods, run_sweep
 from tuckerscope.core.outputs.deliverables import report_content
 from tuckerscope.core.outputs.report import LayerHeatmap, write_report
 
@@ -41,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DFS",
         help="also run a DF sweep per expert: comma-separated DFs, or no value for "
         + ", ".join(f"{df:g}" for df in DEFAULT_GRID),
+    )
+    parser.add_argument(
+        "--sweep-methods",
+        default="tucker,prune",
+        metavar="METHODS",
+        help="methods the sweep runs at each DF: tucker, prune or both (default tucker,prune: the paper's "
+        "comparison, pruning at the Tucker parameter count)",
     )
     parser.add_argument("--snapshots", type=int, default=3, help="slice snapshots to include (default 3)")
     parser.set_defaults(func=run)
@@ -79,18 +86,24 @@ def run(args: argparse.Namespace) -> int:
     if args.snapshots < 0:
         raise EvalArgumentError(f"--snapshots must be 0 or more, got {args.snapshots}")
     grid = parse_sweep(args.sweep)
+    methods = check_methods([m.strip() for m in args.sweep_methods.split(",") if m.strip()])
     progress = TerminalProgress(enabled=not args.quiet)
     case = run_case_from_args(args, progress)
     sweep: SweepResult | None = None
     if grid is not None:
         backend = ModelSweepBackend.from_case(case)
         sweep = run_sweep(
-            backend, [e.name for e in case.experts], grid, args.tolerance, progress=progress.update
+            backend,
+            [e.name for e in case.experts],
+            grid,
+            args.tolerance,
+            progress=progress.update,
+            methods=methods,
         )
     progress.update(1.0, "writing the report")
     settings = case_settings(case, args)
     if grid is not None:
-        settings["DF sweep"] = ", ".join(f"{df:g}" for df in grid)
+        settings["DF sweep"] = ", ".join(f"{df:g}" for df in grid) + f" ({', '.join(methods)})"
     bundle = case_bundle(case, settings, heatmaps=heatmaps_of(case), sweep=sweep)
     write_report(args.output, report_content(bundle, snapshot_count=args.snapshots))
     progress.finish(f"report written to {args.output}")

@@ -143,10 +143,13 @@ class CaseResult:
             "experts": {
                 e.name: {
                     "df": e.df,
+                    "method": e.size.method,
                     "params_original": e.params_original,
                     "params_compressed": e.params_compressed,
-                    "flops_original": e.flops_original,
+                    "flops_original": e.flops_original,  # as fvcore counts: convs and norms
                     "flops_compressed": e.flops_compressed,
+                    "conv_flops_original": e.size.conv_flops_original,
+                    "conv_flops_compressed": e.size.conv_flops_compressed,
                     "original_seconds": e.original_seconds,
                     "compressed_seconds": e.compressed_seconds,
                 }

@@ -135,7 +135,8 @@ def short_layer_name(name: str) -> str:
 
 
 def sweep_figure(sweep: SweepResult, expert: str) -> str:
-    """Dice and NSD (mean and worst class) against parameters and against measured time, for one expert."""
+    """Dice and NSD (mean and worst class) against parameters and against measured time, for one expert;
+    the pruning baseline's means beside them when the sweep ran it."""
     curve = sweep.curve(expert)
     original = sweep.originals.get(expert)
     figure = new_figure(11, 3.8)
@@ -157,6 +158,11 @@ def sweep_figure(sweep: SweepResult, expert: str) -> str:
             ax.annotate(
                 f"{point.df:g}", (x, point.mean_dice), textcoords="offset points", xytext=(0, 6), fontsize=7
             )
+        pruned = sweep.curve(expert, "prune")  # the paper's baseline at the same parameter count
+        if pruned:
+            pruned_xs = [x_of(p.cost) for p in pruned]
+            ax.plot(pruned_xs, [p.mean_dice for p in pruned], "^-", color="tab:green", label="Dice, mean (pruned)")
+            ax.plot(pruned_xs, [p.mean_nsd for p in pruned], "v-", color="tab:red", label="NSD, mean (pruned)")
         if original is not None and math.isfinite(x_of(original)):
             ax.axvline(x_of(original), color="grey", linestyle=":", label="original")
         ax.set_xlabel(label)
@@ -301,7 +307,7 @@ def render_html(content: ReportContent) -> str:
         if content.sweep.cancelled:
             parts.append("<p class='muted'>The sweep was cancelled; the curves show the points finished.</p>")
         for expert in content.sweep.experts:
-            if content.sweep.curve(expert):
+            if content.sweep.curve(expert) or content.sweep.curve(expert, "prune"):
                 parts.append(
                     f"<img alt='sweep curves of {html.escape(expert)}' src='{sweep_figure(content.sweep, expert)}'>"
                 )
