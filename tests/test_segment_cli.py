@@ -73,6 +73,17 @@ def test_split_roi_and_df(model, ct_file, tmp_path):
     assert nib.load(compressed).shape == nib.load(ct_file).shape
 
 
+def test_pruning_baseline(model, ct_file, tmp_path):
+    """--method prune runs the paper's baseline (same parameter count as Tucker at that DF): other labels."""
+    outputs = {}
+    for method in ("tucker", "prune"):
+        outputs[method] = tmp_path / f"{method}.nii.gz"
+        argv = ("-i", str(ct_file), "-o", str(outputs[method]), "--model", str(model), "--df", "0.3")
+        assert run(*argv, "--method", method) == 0
+    tucker, pruned = (np.asanyarray(nib.load(outputs[m]).dataobj) for m in ("tucker", "prune"))
+    assert tucker.shape == pruned.shape and not np.array_equal(tucker, pruned)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

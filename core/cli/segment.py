@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuckerscope.core.cli.compress import add_df_argument
+from tuckerscope.core.cli.compress import add_df_argument, add_method_argument
 from tuckerscope.core.compression.ranks import parse_df_options
 from tuckerscope.core.imaging.volume import Volume, load_volume
 from tuckerscope.core.models.model_folder import LoadedExpert
@@ -64,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR or ~/.totalsegmentator)",
     )
     add_df_argument(parser)
+    add_method_argument(parser)
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 is the reference")
     parser.add_argument(
@@ -137,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     experts = source.load()
     dfs = parse_dfs(args.df, [e.name for e in experts])
     clock.lap("load experts")
-    networks = compress_experts(experts, dfs, progress)
+    networks = compress_experts(experts, dfs, progress, args.method)
     clock.lap("factorise and compress")
     labels = segment_source(volume, source, experts, networks, options, roi, progress, profile)
     clock.lap("segment")
@@ -197,26 +198,27 @@ def parse_dfs(values: Sequence[str], expert_names: Sequence[str]) -> dict[str, f
 
 
 def compress_experts(
-    experts: Sequence[LoadedExpert], dfs: Mapping[str, float], progress: TerminalProgress
+    experts: Sequence[LoadedExpert], dfs: Mapping[str, float], progress: TerminalProgress, method: str = "tucker"
 ) -> dict[str, torch.nn.Module]:
-    """Tucker-compressed networks for the experts named in ``dfs`` (DF rule: ceil(C x DF), >= 8, <= C)."""
-    from tuckerscope.core.compression.ranks import df_ranks, ranks_of
-    from tuckerscope.core.compression.tucker import TuckerEngine
+    """Compressed networks for the experts named in ``dfs`` (DF rule: ceil(C x DF), >= 8, <= C), by
+    ``method``: Tucker, or pruning to that Tucker network's parameter count (the same ExpertRun as eval)."""
+    from tuckerscope.core.segmentation.expert_run import ExpertRun, expert_engine
 
     networks: dict[str, torch.nn.Module] = {}
     for expert in experts:
         if expert.name not in dfs:
             continue
         df = dfs[expert.name]
-        channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
-        engine = TuckerEngine(expert.network, (1, channels, *expert.patch_size))
+        engine = expert_engine(expert, factorise=False)
         progress.update(0.0, f"{expert.name}: factorising for DF {df:g}")
         engine.factorise(
             progress=lambda done, total, _name, e=expert: progress.update(
                 done / total, f"{e.name}: factorising"
             )
         )
-        networks[expert.name] = engine.compress(ranks_of(df_ranks(engine.layers, df))).eval()
+        network = ExpertRun.at_df(expert, engine, df, method).build()
+        if network is not None:
+            networks[expert.name] = network
     return networks
 
 
