@@ -114,10 +114,29 @@ def test_usage_statistics_config_is_created(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["send_usage_stats"] is False
 
 
-def test_ts_home_given_as_model_folder_is_refused_with_advice(fast_home, tmp_path):
+def test_ts_home_with_several_tasks_names_them(tmp_path, example_ct, capsys):
     home = plans_only_home(tmp_path / "home", (291, 297))
-    with pytest.raises(ModelSourceError, match="--task total"):
+    message = "holds TotalSegmentator tasks total, total_fast: use --task total or --task total_fast"
+    with pytest.raises(ModelSourceError, match=message):
         folder_source(home)
+    from tuckerscope.core.cli.main import main
+
+    assert main(["eval", "-i", str(example_ct), "--model", str(home), "--df", "0.3", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_ts_home_with_one_task_opens_it(tmp_path):
+    """The issue's case: a home holding only the five 'total' experts is the 'total' task, as TS runs it."""
+    home = plans_only_home(tmp_path / "home", (291, 292, 293, 294, 295))
+    for folder in (home / "nnunet" / "results").glob("*/*"):
+        (folder / "fold_0").mkdir()
+        (folder / "fold_0" / "checkpoint_final.pth").touch()
+    for path in (home, home / "nnunet" / "results"):
+        source = resolve_source(model=path)
+        assert source.name == "total" and source.ts_home == home
+        assert [spec.name for spec in source.experts] == ["organs", "vertebrae", "cardiac", "muscles", "ribs"]
+        assert len(source.class_names) == 117
 
 
 def test_new_plans_format_folder(tmp_path):

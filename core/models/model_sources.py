@@ -281,7 +281,11 @@ def demo_source() -> ModelSource:
 
 
 def folder_source(path: Path) -> ModelSource:
-    """Every nnU-Net v2 results folder under ``path``, merged in sorted order (later overwrite earlier)."""
+    """Every nnU-Net v2 results folder under ``path``, merged in sorted order (later overwrite earlier).
+
+    A TotalSegmentator home (or its results folder) holding one TS task opens as that task, as TS runs it;
+    one holding several is refused with the tasks it found.
+    """
     path = path.expanduser()
     if not path.exists():
         raise ModelSourceError(f"model folder {path} does not exist")
@@ -291,12 +295,16 @@ def folder_source(path: Path) -> ModelSource:
             f"no nnU-Net v2 results folder (plans.json + dataset.json) under {path}; "
             "point --model at e.g. Dataset001_X/nnUNetTrainer__nnUNetPlans__3d_fullres"
         )
-    ts_ids = {dataset_id(f) for f in folders} & TS_DATASET_IDS
-    if len(folders) > 1 and ts_ids:
-        raise ModelSourceError(
-            f"{path} is a TotalSegmentator home with several tasks: use --task total or --task total_fast "
-            f"with TOTALSEG_HOME_DIR={path}"
-        )
+    tasks = ts_tasks_in(path)
+    is_home = (path / "nnunet" / "results").is_dir() or any(p.is_dir() for p in path.glob("Dataset*_*"))
+    if tasks and (is_home or len(folders) > 1):
+        if len(tasks) > 1 or not is_home:
+            found = f"tasks {', '.join(tasks)}" if len(tasks) > 1 else f"task {tasks[0]}'s experts"
+            raise ModelSourceError(
+                f"{path} holds TotalSegmentator {found}: use "
+                f"{' or '.join(f'--task {task}' for task in tasks)} with --ts-home {path}"
+            )
+        return ts_task_source(tasks[0], path)  # a TS home of one task (even its experts alone) opens it
     return _folders_source(path.name, folders)
 
 
