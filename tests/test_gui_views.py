@@ -15,13 +15,13 @@ from pyqtgraph.Qt import QtCore  # noqa: E402
 
 from tuckerscope.app.experts_panel import ClassEntry, ExpertEntry, ExpertsPanel  # noqa: E402
 from tuckerscope.app.heatmap_panel import HeatmapPanel, rank_at  # noqa: E402
-from tuckerscope.core.session.api import LayerHeatmap  # noqa: E402
 from tuckerscope.app.slice_views import PLANES, SlicePairView, difference_rgba, plane_image  # noqa: E402
 from tuckerscope.app.style import ONLY_COMPRESSED_RGB, ONLY_ORIGINAL_RGB, label_lut  # noqa: E402
 from tuckerscope.app.surfaces import to_polydata  # noqa: E402
 from tuckerscope.app.workers import JobCallbacks, JobLane  # noqa: E402
 from tuckerscope.core.outputs.surfaces import extract_label_meshes  # noqa: E402
 from tuckerscope.core.runtime.errors import Cancelled  # noqa: E402
+from tuckerscope.core.session.api import LayerHeatmap  # noqa: E402
 
 NAMES = {1: "liver", 2: "spleen"}
 COLOURS = {1: (220, 100, 80), 2: (80, 200, 90)}
@@ -62,6 +62,33 @@ def test_planes_show_the_right_cut(slice_view):
         np.testing.assert_array_equal(image, expected)
         rows, cols = image.shape
         assert (cols, rows) == (ct.shape[plane.col_axis], ct.shape[plane.row_axis])
+
+
+def image_box(canvas: QtCore.QObject, side: QtCore.QObject) -> tuple[int, int, int, int]:
+    """The canvas's image view box as (x, y, width, height) in pixels of its half of the pair."""
+    box = canvas.view_box
+    view = box.scene().views()[0]
+    rect = box.sceneBoundingRect()
+    top_left = view.mapTo(side, view.mapFromScene(rect.topLeft()))
+    return top_left.x(), top_left.y(), round(rect.width()), round(rect.height())
+
+
+def test_long_titles_never_move_the_images(qtbot, slice_view):
+    """Issue 11, defect 2: a 5-expert title cut off and the compressed image ~80 px right of the original."""
+    view, *_ = slice_view
+    view.resize(1100, 600)
+    qtbot.wait(50)
+    before = [image_box(canvas, canvas) for canvas in view.canvases]
+    view.set_compressed_title(
+        "Compressed · organs 0.34, vertebrae 1.00, cardiac 1.00, muscles 1.00, ribs 1.00 (updating…)"
+    )
+    view.set_difference_mode(True)  # the longest title: the legend is appended
+    qtbot.wait(50)
+    original, compressed = (image_box(canvas, canvas) for canvas in view.canvases)
+    assert original == compressed, (original, compressed)
+    assert [original, compressed] == before
+    widths = [canvas.width() for canvas in view.canvases]
+    assert abs(widths[0] - widths[1]) <= 1, widths
 
 
 def test_scroll_moves_both_sides_and_the_slider(qtbot, slice_view):

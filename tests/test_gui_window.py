@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
 from tuckerscope.app.main_window import MainWindow  # noqa: E402
 from tuckerscope.app.screenshot import grab_window, image_spread, save_window  # noqa: E402
 from tuckerscope.app.workers import JobLane  # noqa: E402
+from tuckerscope.core.segmentation.expert_run import ExpertRun  # noqa: E402
+from tuckerscope.core.segmentation.segmenter import Segmenter  # noqa: E402
 from tuckerscope.resources import DEMO_MODELS_DIR  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -139,6 +142,57 @@ def test_slider_drag_recompresses_and_updates_everything(qtbot, tiny_window):
     qtbot.mouseClick(table.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=rect.center())
     assert window.slice_view.position == window.session.positions[target.label]
     assert window.session.display_original[window.slice_view.position] == target.label
+
+
+def test_each_expert_is_shown_as_soon_as_its_original_exists(qtbot, tmp_path, monkeypatch):
+    """Issue 11, defect 7: no labels at all until every expert's original was done (6 min on 'total')."""
+    release = threading.Event()
+    whole_volume = Segmenter.segment
+
+    def slow_second_expert(self, expert, network=None, **kwargs):
+        if expert.name == "tinyother" and network is None:
+            release.wait(120)  # the second expert's original is still running...
+        return whole_volume(self, expert, network, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "segment", slow_second_expert)
+    window = MainWindow(make_settings(tmp_path))
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        window.open_ct(small_ct(tmp_path / "ct.nii.gz"))
+        window.open_models(str(tiny_models(tmp_path / "models")))
+        session = window.session
+        qtbot.waitUntil(lambda: session.complete_originals == {"tinyorgans"}, timeout=IDLE_TIMEOUT_MS)
+        assert window.lanes["segment"].busy and not release.is_set()
+        # ...and the first one's labels are on both overlays already
+        first = {c.label for c in session.experts["tinyorgans"].classes}
+        shown = set(np.unique(session.display_original).tolist()) - {0}
+        assert shown and shown <= first
+        assert window.slice_view._original is session.display_original
+        assert window.slice_view.original_canvas.overlay_item.image is not None
+    finally:
+        release.set()
+    wait_idle(qtbot, window)
+    assert session.complete_originals == {"tinyorgans", "tinyother"}
+    window.close()
+
+
+def test_pruning_is_selectable_per_expert_at_the_tucker_parameter_budget(qtbot, tiny_window):
+    """Issue 11, defect 8 (window part): Tucker | Pruning per expert, pruned to Tucker's parameters."""
+    window, session = tiny_window, tiny_window.session
+    row = window.experts_panel.rows["tinyorgans"]
+    row.slider.setValue(0.4)
+    row.method_combo.setCurrentIndex(row.method_combo.findData("prune"))
+    row.method_combo.activated.emit(row.method_combo.currentIndex())
+    wait_idle(qtbot, window)
+    expert = session.experts["tinyorgans"]
+    assert expert.method == "prune" and session.compressed_keys["tinyorgans"] == expert.rank_key()
+    size = session.sizes["tinyorgans"]
+    tucker = ExpertRun(expert.loaded, expert.engine, expert.ranks()).costs()[1]
+    assert size.method == "prune" and size.params_compressed <= tucker.params < size.params_original
+    assert "pruned in" in row.figures.text()
+    assert "pruned: tinyorgans" in window.slice_view._compressed_title
+    qtbot.waitUntil(lambda: window.agreement_panel.table.rowCount() > 0, timeout=IDLE_TIMEOUT_MS)
 
 
 def test_planes_and_class_toggles_follow_through(qtbot, tiny_window):

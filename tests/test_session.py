@@ -6,12 +6,17 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from tiny_model import tiny_dataset_json, write_tiny_model
 from tuckerscope.core.imaging.display_grid import DisplayGrid
 from tuckerscope.core.models.model_sources import folder_source
 from tuckerscope.core.runtime.errors import Cancelled
-from tuckerscope.core.segmentation.live_segmentation import class_positions, merge_for_display, run_segmentation
+from tuckerscope.core.segmentation.live_segmentation import (
+    class_positions,
+    merge_for_display,
+    run_segmentation,
+)
 from tuckerscope.core.session.loading import load_expert_models
 from tuckerscope.core.session.session import CaseVolume, Session
 
@@ -154,3 +159,34 @@ def test_isolated_runner_scores_in_another_process_and_cancels_by_killing_it():
         assert runner.run(abs, -3) == 3  # a fresh process after the kill
     finally:
         runner.close()
+
+
+def test_each_expert_is_reported_as_soon_as_its_original_exists(loaded):
+    """Issue 11, defect 7: the first partial update came only once every expert's original was done."""
+    session = new_session(loaded)
+    partials, never = [], threading.Event()
+    final = run_segmentation(session.plan_segmentation(), lambda f, m: None, never, never, partials.append)
+    first = partials[0]
+    assert first.complete_originals == {"first"} and set(first.originals) == {"first"}
+    assert session.apply_segmentation(first)
+    expected = session.experts["first"].lookup[first.originals["first"]]
+    np.testing.assert_array_equal(session.display_original, session.volume.grid.to_display(expected))
+    assert final.done and final.complete_originals == {"first", "second"}
+
+
+def test_pruning_runs_at_the_parameter_budget_of_the_tucker_setting(loaded):
+    from tuckerscope.core.session.jobs import compression_job
+
+    session = new_session(loaded)
+    session.set_df("first", 0.3)
+    tucker = compression_job(session, "first")()
+    session.set_method("first", "prune")
+    assert session.experts["first"].rank_key() != tucker.rank_key
+    assert not session.apply_compression(tucker)  # built for the Tucker setting: refused
+    pruned = compression_job(session, "first")()
+    assert session.apply_compression(pruned) and session.sizes["first"].method == "prune"
+    assert pruned.size.params_compressed <= tucker.size.params_compressed < pruned.size.params_original
+    zeroed = [m.weight for m in pruned.network.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert any((w.flatten(1).abs().sum(1) == 0).any() for w in zeroed)  # whole output channels zeroed
+    plan = session.plan_segmentation()
+    assert plan.networks["first"] is pruned.network  # the refresh segments with the network just built
