@@ -134,10 +134,6 @@ class SweepPanel(QtWidgets.QWidget):
         )
         self._set_running(False)
 
-    def show_result(self, result: SweepResult) -> None:
-        self._result = result
-        self._redraw()
-
     def start(self) -> None:
         if self._backend is None or not self._experts:
             return
