@@ -155,3 +155,52 @@ def test_cache_entries_are_atomic_capped_and_clearable(tmp_path):
     assert not cache.put(keys[0], np.zeros(5000, np.uint8))  # larger than the cap itself
     assert cache.clear() >= 2 and cache.size_bytes() == 0
     assert not list(tmp_path.iterdir())
+
+
+def dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
+    return {
+        int(c): 2 * ((a == c) & (b == c)).sum() / ((a == c).sum() + (b == c).sum())
+        for c in np.union1d(np.unique(a), np.unique(b))
+        if c != 0
+    }
+
+
+def test_openvino_runs_original_and_compressed_networks_and_caches_the_export(expert, ct, tmp_path, monkeypatch):
+    """OpenVINO from the paper's three-conv form agrees with PyTorch fp32 (Dice >= 0.999 per class here), for the
+    original and a Tucker-compressed network; the IR is converted once and read back from the cache folder."""
+    ov = pytest.importorskip("openvino")
+    from tuckerscope.core.compression.ranks import df_ranks, ranks_of
+    from tuckerscope.core.compression.tucker import TuckerEngine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    compressed = TuckerEngine(expert.network, (1, 1, *expert.patch_size))
+    compressed.factorise()
+    network = compressed.compress(ranks_of(df_ranks(compressed.layers, 0.5))).eval()
+    segmenter = Segmenter(*ct)
+    for swapped in (None, network):
+        reference = segmenter.segment(expert, swapped)
+        labels = segmenter.segment(expert, swapped, options=InferenceOptions(runtime="openvino"))
+        assert len(np.unique(reference)) == 3
+        assert min(dice_per_class(labels, reference).values()) >= 0.999
+    exports = list((tmp_path / "xdg").rglob("*.xml"))
+    assert len(exports) == 2
+
+    def no_conversion(*_args, **_kwargs):
+        raise AssertionError("converted again instead of reading the cached export")
+
+    monkeypatch.setattr(ov, "convert_model", no_conversion)
+    again = Segmenter(*ct).segment(expert, network, options=InferenceOptions(runtime="openvino"))
+    assert min(dice_per_class(again, reference).values()) >= 0.999
+    auto = Segmenter(*ct).segment(expert, network, options=InferenceOptions(runtime="auto"))
+    assert min(dice_per_class(auto, reference).values()) >= 0.999
+    assert list((tmp_path / "xdg").rglob("runtime_choices.json"))
+
+
+def test_runtime_options_are_checked():
+    from tuckerscope.core.segmentation.segmenter import SegmentationError
+
+    with pytest.raises(SegmentationError, match="runtime"):
+        InferenceOptions(runtime="tensorrt")
+    with pytest.raises(SegmentationError, match="CPU only"):
+        InferenceOptions(runtime="openvino", device="cuda")
+    assert InferenceOptions(runtime="openvino").cache_key() != InferenceOptions().cache_key()

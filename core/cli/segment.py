@@ -135,10 +135,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         source = resolve_source(task=args.task or "total", ts_home=args.ts_home)
     clock.lap("read volume")
-    experts = source.load()
+    with timed_stage(profile, "load experts"):
+        experts = source.load()
     dfs = parse_dfs(args.df, [e.name for e in experts])
     clock.lap("load experts")
-    networks = compress_experts(experts, dfs, progress, args.method)
+    with timed_stage(profile, "compress"):
+        networks = compress_experts(experts, dfs, progress, args.method)
     clock.lap("factorise and compress")
     labels = segment_source(volume, source, experts, networks, options, roi, progress, profile)
     clock.lap("segment")

@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,9 @@ class OpenVinoTiles:
 
         plain = with_plain_convs(network).eval().to("cpu", memory_format=torch.contiguous_format)
         example = torch.zeros(self.input_shape)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the conversion traces the network once; torch's tracer warns about shape checks that are constant here
+            warnings.simplefilter("ignore")
             model = ov.convert_model(plain, example_input=example, input=[self.input_shape])
         self.folder.mkdir(parents=True, exist_ok=True)
         # saved under a temporary name, then renamed: a reader never meets a half-written export
