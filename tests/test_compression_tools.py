@@ -300,6 +300,8 @@ def test_cli_compress_prunes_at_the_tucker_parameter_count(
     assert 0.85 * tucker["params_compressed"] <= pruned["params_compressed"] <= tucker["params_compressed"]
     assert main(["compress", "--model", str(model_folder), "--df", "0.3", "--method", "prune", "--hooi"]) == 2
     assert "--hooi" in capsys.readouterr().err
+    assert main(["compress", "--model", str(model_folder), "--method", "prune"]) == 2
+    assert "give --df, --ev or --layer" in capsys.readouterr().err
 
 
 def test_plain_convs_compute_the_same_function(engine: TuckerEngine) -> None:

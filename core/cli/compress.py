@@ -152,6 +152,8 @@ def parse_layer_options(values: list[str], expert_names: list[str]) -> dict[str,
 def run(args: argparse.Namespace) -> int:
     if args.df and args.ev is not None:
         raise UserError("use either --df or --ev, not both")
+    if args.method == "prune" and not (args.df or args.ev is not None or args.layer):
+        raise UserError("--method prune prunes to a Tucker setting's parameter count: give --df, --ev or --layer")
     if args.method == "prune" and args.hooi:
         raise UserError("--hooi refines Tucker factors; it does not apply to --method prune")
     experts = load_experts(args.model)
