@@ -280,7 +280,7 @@ class Distiller:
         self.expert = expert
         self.data = data
         self.engine = engine or expert_engine(expert)
-        self.patch_size = check_patch_size(expert.network, expert, config.patch_size or expert.patch_size)
+        self.patch_size = check_patch_size(expert, config.patch_size or expert.patch_size)
         self.config = replace(config, patch_size=self.patch_size)
         self.device = _device(config.device)
         self.autocast_dtype = _autocast_dtype(config.precision)
@@ -306,7 +306,6 @@ class Distiller:
         should_cancel = cancel_checker(cancel)
         report = progress or (lambda _fraction, _message: None)
         state = self._load_checkpoint(resume) if resume is not None else None
-        torch.manual_seed(self.config.seed)
         records: list[StepRecord] = [StepRecord(**r) for r in state["records"]] if state else []
         stages: list[StageSummary] = [StageSummary(**s) for s in state["stages"]] if state else []
         assistants: list[dict[str, torch.Tensor]] = list(state["assistants"]) if state else []
@@ -319,7 +318,7 @@ class Distiller:
                 continue
             resumed = state if stage == first_stage else None
             student = self._student(df, resumed["student"] if resumed else None)
-            with _deterministic(self.device):
+            with _deterministic(self.device, self.config.seed):
                 summary = self._run_stage(
                     stage,
                     student,
@@ -619,17 +618,19 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 
 
 @contextmanager
-def _deterministic(device: torch.device) -> Iterator[None]:
-    """cuDNN's deterministic kernels for the run (CPU kernels are deterministic already); restored afterwards."""
-    if device.type != "cuda":
-        yield
-        return
+def _deterministic(device: torch.device, seed: int) -> Iterator[None]:
+    """torch seeded from ``seed`` and cuDNN's deterministic kernels (CPU kernels are deterministic already),
+    all restored afterwards: the caller's process (the window) keeps its own random state and settings."""
+    cuda = device.type == "cuda"
     previous = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous
+    with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):
+        torch.manual_seed(seed)
+        if cuda:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous
 
 
 @contextmanager

@@ -73,9 +73,7 @@ def decoder_stages(network: nn.Module) -> list[nn.Module]:
     return list(stages)
 
 
-def check_patch_size(
-    network: nn.Module, expert: LoadedExpert, patch_size: Sequence[int]
-) -> tuple[int, int, int]:
+def check_patch_size(expert: LoadedExpert, patch_size: Sequence[int]) -> tuple[int, int, int]:
     """Three positive sizes, each divisible by the network's total downsampling along that axis."""
     if len(patch_size) != 3 or min(patch_size) < 1:
         raise PoolError(
