@@ -10,9 +10,7 @@ import pytest
 from scipy import stats
 
 from tuckerscope.core.cohorts.analysis import class_tests, curves, mean_ci, signed_rank_p
-from tuckerscope.core.cohorts.ground_truth import match_by_name, read_label_table
 from tuckerscope.core.cohorts.plan import CohortError, CohortPlan, df_settings, find_cases
-from tuckerscope.core.imaging.phantom import CLASS_GROUPS
 
 
 def touch(path):
@@ -59,22 +57,6 @@ def find_cases_stub(n):
     from tuckerscope.core.cohorts.plan import Case
 
     return [Case(f"c{i}", Path(f"/data/c{i}.nii.gz")) for i in range(n)]
-
-
-def test_label_tables_of_both_viewers(tmp_path):
-    (tmp_path / "a.txt").write_text('# ITK-SnAP\n    0 0 0 0 0.00 0 0 "Clear Label"\n    3 10 20 30 1.00 1 1 "left kidney"\n')
-    (tmp_path / "b.ctbl").write_text("# Color table file b.ctbl\n# 2 values\n0 Background 0 0 0 0\n7 liver 1 2 3 255\n")
-    assert read_label_table(tmp_path / "a.txt") == {3: "left kidney"}
-    assert read_label_table(tmp_path / "b.ctbl") == {7: "liver"}
-
-
-def test_ground_truth_matched_by_name_and_by_phantom_groups():
-    truth = np.array([0, 1, 2, 3, 4, 9])
-    truth_names = {1: "Liver", 2: "vertebrae_L4", 3: "vertebrae_L3", 4: "kidney-left", 9: "brain"}
-    expert = {1: "liver", 2: "kidney_left", 3: "vertebrae", 4: "spleen"}
-    renumbered, missing = match_by_name(truth, truth_names, expert, CLASS_GROUPS)
-    np.testing.assert_array_equal(renumbered, [0, 1, 3, 3, 2, 0])
-    assert missing == ["spleen"]
 
 
 def synthetic_scores(cases=8, with_truth=True):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tuckerscope.core.cli.main import main
-from tuckerscope.core.cohorts.ground_truth import find_label_table, read_label_table
+from tuckerscope.core.imaging.label_maps import label_names, read_label_table
 from tuckerscope.core.imaging.phantom import CLASS_NAMES, make_phantom
 
 
@@ -24,9 +24,8 @@ def test_phantom_cohort_files_and_label_tables(tmp_path, capsys):
         np.testing.assert_allclose(ct.header.get_zooms(), (8.0, 8.0, 8.0))
         np.testing.assert_array_equal(np.asanyarray(labels.dataobj), expected.labels)
         np.testing.assert_allclose(ct.get_fdata(), expected.ct, atol=1e-3)
-        table = find_label_table(tmp_path / "labels" / f"{name}.nii.gz")
-        assert table is not None and table.name == f"{name}_itksnap_labels.txt"
-        assert read_label_table(table) == CLASS_NAMES
+        names, source = label_names(tmp_path / "labels" / f"{name}.nii.gz")
+        assert (names, source) == (CLASS_NAMES, f"label table {name}_itksnap_labels.txt")
         assert read_label_table(tmp_path / "labels" / f"{name}.ctbl") == CLASS_NAMES
 
 

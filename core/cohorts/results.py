@@ -23,7 +23,10 @@ SCORE_COLUMNS = (
     "flops_ratio", "dice", "nsd", "status", "dice_gt", "nsd_gt", "seconds",
 )  # fmt: skip
 FAILURE_COLUMNS = ("task", "case", "expert", "setting", "method", "df", "reason")
-TASK_COLUMNS = ("task", "case", "expert", "setting", "method", "status", "segment_seconds", "task_seconds", "worker")
+TASK_COLUMNS = (
+    "task", "case", "expert", "setting", "method", "status", "segment_seconds", "task_seconds", "worker",
+    "gt_error", "gt_unmatched",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuckerscope.core.cohorts.ground_truth import find_label_table, match_by_name, read_label_table
 from tuckerscope.core.cohorts.plan import ORIGINAL, CohortPlan, Task
 from tuckerscope.core.compression.counting import NetworkCost, count_network
 from tuckerscope.core.compression.pruning import prune_to_match
 from tuckerscope.core.compression.ranks import df_ranks, ranks_of
 from tuckerscope.core.compression.tucker import TuckerEngine
-from tuckerscope.core.evaluation.case_run import load_ground_truth
 from tuckerscope.core.evaluation.metrics import Comparison, classes_from_names, compare
-from tuckerscope.core.imaging.phantom import CLASS_GROUPS
+from tuckerscope.core.imaging.label_maps import load_label_map, match_by_name
 from tuckerscope.core.imaging.volume import Volume, load_volume
 from tuckerscope.core.models.compressed_model import MANIFEST_NAME
 from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, spec_from_folder
@@ -155,11 +153,15 @@ def _scores(
     versus_original = (
         compare(original, labels, volume.spacing, classes, plan.tolerance_mm) if original is not None else None
     )
-    versus_truth, unmatched = None, []
+    versus_truth, unmatched, truth_error = None, [], ""
     if task.case.ground_truth is not None:
-        truth, unmatched = _truth(str(task.case.ground_truth), str(task.case.ct), plan.model, task.expert)
-        versus_truth = compare(truth, labels, volume.spacing, classes, plan.tolerance_mm, "ground truth")
-    return {"original": versus_original, "truth": versus_truth, "unmatched": unmatched}
+        try:
+            truth, unmatched = _truth(str(task.case.ground_truth), str(task.case.ct), plan.model, task.expert)
+        except UserError as exc:  # an unusable ground truth costs its scores, not the ones vs the original
+            truth_error = str(exc)
+        else:
+            versus_truth = compare(truth, labels, volume.spacing, classes, plan.tolerance_mm, "ground truth")
+    return {"original": versus_original, "truth": versus_truth, "unmatched": unmatched, "gt_error": truth_error}
 
 
 def _rows(task: Task, params: int, flops: int, original_cost: Any, seconds: float, scores: dict) -> dict[str, Any]:
@@ -198,7 +200,7 @@ def _rows(task: Task, params: int, flops: int, original_cost: Any, seconds: floa
         }
         for name, values in sorted(by_class.items(), key=lambda item: item[1]["label"])
     ]
-    return {"rows": rows, "gt_unmatched": sorted(unmatched)}
+    return {"rows": rows, "gt_unmatched": sorted(unmatched), "gt_error": scores["gt_error"]}
 
 
 def _options(plan: CohortPlan) -> InferenceOptions:
@@ -241,17 +243,12 @@ def _case(ct: str) -> tuple[Volume, Segmenter]:
 
 @functools.lru_cache(maxsize=4)
 def _truth(path: str, ct: str, model: str, expert: str) -> tuple[np.ndarray, list[str]]:
-    """The case's ground truth in the expert's own labels, matched by class name (see ground_truth)."""
+    """The case's ground truth in the expert's own labels, classes matched by name (imaging.label_maps), and
+    the expert's classes it does not name (not scored against it)."""
     volume, _ = _case(ct)
-    truth = load_ground_truth(Path(path), volume)
-    table = find_label_table(Path(path))
-    source = _source(model)
-    own = _expert(model, expert).class_names
-    if table is None:  # the model's merged numbering, as `eval --gt` reads it
-        names = source.class_names
-    else:
-        names = read_label_table(table)
-    return match_by_name(truth, names, own, CLASS_GROUPS)
+    label_map = load_label_map(Path(path), volume.shape, volume.affine)
+    match = match_by_name(label_map.names, _expert(model, expert).class_names, what=f"ground truth {Path(path).name}")
+    return match.renumber(label_map.data), list(match.model_unmatched)
 
 
 def _distilled(folder: Path, engine: TuckerEngine) -> tuple[nn.Module, int, int]:
