@@ -6,6 +6,11 @@ zero-shot and distilled students are segmented through the TS pipeline on --held
 100,000) and scored against the original (mean Dice, each class, worst class) and against the phantoms'
 true labels. Prints s/step, the teacher pool's size and time, the memory estimate and the process's peak RSS.
 
+Figure 2 (--figure2 PNG): for one held-out demo phantom (seed 100,000), the expert's agreement with the
+original vs compression ratio at DFs 0.5, 0.3, 0.2, 0.1 for Tucker and pruning, zero-shot and after
+--steps-per-point steps of distillation on that phantom (core.distillation.figure2); prints the points and
+draws the four curves into PNG (matplotlib, Agg).
+
 TS (--ts 291 297): random-weight TS networks from ../shared/ts_plans (tests/ts_home.py), one process per
 network so that each peak RSS is its own; a few steps on one phantom at the plans' patch size (or --patch);
 prints s/step, steps per minute and peak RSS.
@@ -13,6 +18,7 @@ prints s/step, steps per minute and peak RSS.
 Usage (from the repository root):
     python scripts/bench_distillation.py                                   # organs, DF 0.2, 12 phantoms, 3 min
     python scripts/bench_distillation.py --expert all --minutes 5
+    python scripts/bench_distillation.py --figure2 /tmp/figure2.png --steps-per-point 20
     python scripts/bench_distillation.py --ts 291 297 --steps 3
 """
 
@@ -27,12 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tuckerscope.core.cli.compress import load_experts
 from tuckerscope.core.distillation.agreement import ORIGINAL, agreement_with_original
 from tuckerscope.core.distillation.data import held_out_phantoms, phantom_source
 from tuckerscope.core.distillation.distiller import DistilConfig, Distiller
+from tuckerscope.core.distillation.figure2 import figure2
 from tuckerscope.core.distillation.losses import LossWeights
 from tuckerscope.core.distillation.students import expert_engine, make_student
 from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, spec_from_folder
@@ -70,8 +78,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.expert != "all":
         experts = [e for e in experts if e.name == args.expert]
     for expert in experts:
-        bench_demo_expert(expert, args, patch)
+        if args.figure2 is not None:
+            bench_figure2(expert, args, patch)
+        else:
+            bench_demo_expert(expert, args, patch)
     return 0
+
+
+def bench_figure2(expert: LoadedExpert, args: argparse.Namespace, patch: tuple[int, ...] | None) -> None:
+    scan = held_out_phantoms(1)
+    start = time.perf_counter()
+    base = replace(config_for(args, patch), steps=args.steps_per_point, minutes=None)
+    figure = figure2(expert, scan, steps_per_point=args.steps_per_point, base=base)
+    print(f"[{expert.name}] figure 2 on {scan.description}: {time.perf_counter() - start:.0f} s")
+    for name, points in figure.curves().items():
+        row = "  ".join(
+            f"{p.compression_ratio:.1f}x: {p.mean_dice:.3f} (worst {p.worst_dice:.2f})" for p in points
+        )
+        print(f"[{expert.name}] {name:<17} {row}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure_, axes = pyplot.subplots(figsize=(6, 4))
+    for name, points in figure.curves().items():
+        style = "-" if "distilled" in name else "--"
+        axes.plot(
+            [p.compression_ratio for p in points],
+            [p.mean_dice for p in points],
+            style,
+            marker="o",
+            label=name,
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("compression ratio (parameters, original / compressed)")
+    axes.set_ylabel("mean Dice vs original")
+    axes.set_title(f"{expert.name}: {scan.description}, {args.steps_per_point} steps per distilled point")
+    axes.legend()
+    axes.grid(True, alpha=0.3)
+    figure_.tight_layout()
+    output = args.figure2.with_name(f"{args.figure2.stem}_{expert.name}{args.figure2.suffix}")
+    figure_.savefig(output, dpi=120)
+    print(f"[{expert.name}] figure 2 drawn to {output}")
 
 
 def config_for(args: argparse.Namespace, patch: tuple[int, ...] | None) -> DistilConfig:
