@@ -204,3 +204,19 @@ def test_runtime_options_are_checked():
     with pytest.raises(SegmentationError, match="CPU only"):
         InferenceOptions(runtime="openvino", device="cuda")
     assert InferenceOptions(runtime="openvino").cache_key() != InferenceOptions().cache_key()
+
+
+def test_segment_profile_prints_every_stage(folder, ct, tmp_path, capsys, monkeypatch):
+    import nibabel as nib
+
+    from tuckerscope.core.cli import main as cli
+
+    monkeypatch.setattr(cli, "COMMANDS", ("segment",))
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct[0].astype(np.int16), ct[1]), path)
+    argv = ["segment", "-i", str(path), "-o", str(tmp_path / "seg.nii.gz"), "--model", str(folder)]
+    assert cli.main([*argv, "--quiet", "--threads", "1", "--profile"]) == 0
+    printed = capsys.readouterr().err
+    for stage in ("read", "load experts", "tiles (network)", "aggregation", "argmax", "resample back", "write"):
+        assert f"  {stage} " in printed
+    assert "user" in printed and "kernel" in printed

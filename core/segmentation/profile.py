@@ -23,6 +23,8 @@ StageCallback = Callable[[str, float], None]
 # The pipeline's stages in the order a volume passes them (the report lists them in this order).
 STAGES: tuple[str, ...] = (
     "read",
+    "load experts",
+    "compress",
     "reorient",
     "resample",
     "normalise",
