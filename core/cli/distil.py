@@ -150,7 +150,7 @@ def data_sources(args: argparse.Namespace) -> tuple[ScanSource, ScanSource, str]
         raise UserError("say what to distil on: --data CT_OR_FOLDER, --data phantoms:N or --phantoms N")
     if args.eval:
         return training, parse_data(args.eval, HELD_OUT_PHANTOM_SEED), ""
-    if training.names[0].startswith("phantom "):
+    if training.phantoms:
         return training, held_out_phantoms(DEFAULT_HELD_OUT_PHANTOMS), ""
     if len(training) > 1 and args.holdout > 0:
         return (*training.split(min(args.holdout, len(training) - 1)), "")

@@ -55,6 +55,7 @@ class ScanSource:
     description: str
     names: tuple[str, ...]
     loader: Callable[[int], Scan]
+    phantoms: bool = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -76,6 +77,7 @@ class ScanSource:
             f"{self.description} ({what}: {len(indices)})",
             tuple(self.names[i] for i in indices),
             lambda index: self.loader(indices[index]),
+            self.phantoms,
         )
 
 
@@ -89,9 +91,8 @@ def phantom_source(count: int, first_seed: int = TRAIN_PHANTOM_SEED) -> ScanSour
         phantom = make_phantom(seeds[index])
         return Scan(f"phantom {seeds[index]}", phantom.ct, phantom.affine, phantom)
 
-    return ScanSource(
-        f"{count} phantoms (seeds {seeds[0]}-{seeds[-1]})", tuple(f"phantom {s}" for s in seeds), load
-    )
+    names = tuple(f"phantom {s}" for s in seeds)
+    return ScanSource(f"{count} phantoms (seeds {seeds[0]}-{seeds[-1]})", names, load, phantoms=True)
 
 
 def held_out_phantoms(count: int) -> ScanSource:
