@@ -23,6 +23,7 @@ from tuckerscope.core.cohorts.plan import (
     df_settings,
     distilled_settings,
     find_cases,
+    target_settings,
 )
 from tuckerscope.core.cohorts.report import write_analysis
 from tuckerscope.core.cohorts.results import assemble
@@ -45,7 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="nnU-Net v2 results folder (or a folder of them), a TS home, or 'demo'")
     parser.add_argument("--experts", metavar="NAME[,NAME...]", help="only these experts (default: all)")
-    parser.add_argument("--df", required=True, metavar="DF[,DF...]", help="downsampling factors, e.g. 0.5,0.3,0.1")
+    settings = parser.add_mutually_exclusive_group(required=True)
+    settings.add_argument("--df", metavar="DF[,DF...]", help="downsampling factors, e.g. 0.5,0.3,0.1")
+    settings.add_argument(
+        "--target",
+        metavar="TARGET[,TARGET...]",
+        help="budget targets per expert, e.g. params=10x,flops=8x,energy=0.9,vbmf (see compress --target)",
+    )
     parser.add_argument(
         "--method", default="tucker", metavar="tucker,prune", help="compression methods (default tucker)"
     )
@@ -85,7 +92,11 @@ def plan_from_args(args: argparse.Namespace) -> CohortPlan:
         if unknown:
             raise CohortError(f"--experts: the model has no expert {unknown[0]!r} ({', '.join(experts)})")
         experts = tuple(dict.fromkeys(chosen))
-    settings = df_settings(parse_dfs(args.df), [m.strip() for m in args.method.split(",") if m.strip()])
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if args.target:
+        settings = target_settings([t for t in args.target.split(",") if t.strip()], methods)
+    else:
+        settings = df_settings(parse_dfs(args.df), methods)
     return CohortPlan(
         model=model,
         experts=experts,

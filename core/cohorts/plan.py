@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tuckerscope.core.compression.budgets import parse_target
 from tuckerscope.core.compression.ranks import check_df
 from tuckerscope.core.models.compressed_model import MANIFEST_NAME
 from tuckerscope.core.models.model_folder import find_result_folders, read_json, spec_from_folder
@@ -37,13 +38,15 @@ class Case:
 
 @dataclass(frozen=True)
 class Setting:
-    """How an expert is compressed: a method at a DF (pruning matched to Tucker's conv parameters at that DF,
-    as the paper compares them), or a distilled model folder saved by `tuckerscope distil`."""
+    """How an expert is compressed: a method at a DF or at a budget target ('params=10x', solved per expert by
+    compression.budgets; pruning is matched to the Tucker network's parameters, as the paper compares them),
+    or a compressed (e.g. distilled) model folder."""
 
     method: str
     df: float | None = None
     model: Path | None = None
     name: str = ""
+    target: str | None = None
 
     @property
     def key(self) -> str:
@@ -52,6 +55,8 @@ class Setting:
             return ORIGINAL
         if self.model is not None:
             return f"{self.method}_{safe_name(self.name)}"
+        if self.target is not None:
+            return f"{self.method}_{safe_name(self.target)}"
         return f"{self.method}_df{self.df:g}"
 
 
@@ -160,11 +165,22 @@ def find_cases(cts: Path, ground_truth: Path | None = None) -> tuple[Case, ...]:
     return tuple(cases)
 
 
-def df_settings(dfs: Sequence[float], methods: Sequence[str]) -> tuple[Setting, ...]:
-    """Every method at every DF, in the order given."""
+def target_settings(targets: Sequence[str], methods: Sequence[str]) -> tuple[Setting, ...]:
+    """Every method at every budget target ('params=10x', 'flops=8x', 'energy=0.9', 'vbmf'...)."""
+    check_methods(methods)
+    parsed = [parse_target(t).describe() for t in targets]
+    return tuple(Setting(m, None, target=t) for m in dict.fromkeys(methods) for t in dict.fromkeys(parsed))
+
+
+def check_methods(methods: Sequence[str]) -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise CohortError(f"unknown --method {unknown[0]!r}; use {' or '.join(METHODS)} (comma-separated)")
+
+
+def df_settings(dfs: Sequence[float], methods: Sequence[str]) -> tuple[Setting, ...]:
+    """Every method at every DF, in the order given."""
+    check_methods(methods)
     if not dfs:
         raise CohortError("give at least one DF (--df 0.5,0.3)")
     for df in dfs:

@@ -19,7 +19,7 @@ from tuckerscope.core.cohorts.tasks import FAILED, read_record
 from tuckerscope.core.outputs.exports import atomic_outputs, write_text
 
 SCORE_COLUMNS = (
-    "case", "expert", "class", "label", "method", "setting", "df", "params", "flops", "params_ratio",
+    "case", "expert", "class", "label", "method", "setting", "df", "target", "params", "flops", "params_ratio",
     "flops_ratio", "dice", "nsd", "status", "dice_gt", "nsd_gt", "seconds",
 )  # fmt: skip
 FAILURE_COLUMNS = ("task", "case", "expert", "setting", "method", "df", "reason")

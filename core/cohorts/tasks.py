@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tuckerscope.core.cohorts.plan import ORIGINAL, CohortPlan, Task
+from tuckerscope.core.compression.budgets import BudgetError, solve_budget
 from tuckerscope.core.compression.counting import NetworkCost, count_network
 from tuckerscope.core.compression.pruning import prune_to_match
 from tuckerscope.core.compression.ranks import df_ranks, ranks_of
@@ -122,7 +123,8 @@ def _run_setting(plan: CohortPlan, task: Task, results: Path) -> dict[str, Any]:
     if task.setting.model is not None:
         network, params, flops = _distilled(task.setting.model, engine)
     else:
-        network, cost = compressed_network(engine, task.setting.method, float(task.setting.df))
+        ranks = _ranks(plan.model, task.expert, task.setting.df, task.setting.target)
+        network, cost = compressed_network(engine, task.setting.method, ranks)
         params, flops = cost.params, cost.flops
     started = time.perf_counter()
     labels = segmenter.segment(expert, network, options=_options(plan))
@@ -131,10 +133,11 @@ def _run_setting(plan: CohortPlan, task: Task, results: Path) -> dict[str, Any]:
     return {"segment_seconds": seconds, **_rows(task, params, flops, original_cost, seconds, scores)}
 
 
-def compressed_network(engine: TuckerEngine, method: str, df: float) -> tuple[nn.Module, NetworkCost]:
-    """Tucker at the DF rule's ranks, or pruning matched to that Tucker network's parameters (the paper's
-    comparison), with its parameters and FLOPs."""
-    ranks = ranks_of(df_ranks(engine.layers, df))
+def compressed_network(
+    engine: TuckerEngine, method: str, ranks: dict[str, tuple[int, int]]
+) -> tuple[nn.Module, NetworkCost]:
+    """Tucker at `ranks`, or pruning matched to that Tucker network's parameters (the paper's comparison),
+    with its parameters and FLOPs."""
     if method == "prune":
         pruned = prune_to_match(engine, ranks)
         return pruned.network.eval(), pruned.cost
@@ -187,6 +190,7 @@ def _rows(task: Task, params: int, flops: int, original_cost: Any, seconds: floa
             "method": task.setting.method,
             "setting": task.setting.key,
             "df": task.setting.df if task.setting.df is not None else nan,
+            "target": task.setting.target or "",
             "params": params,
             "flops": flops,
             "params_ratio": original_cost.params / max(params, 1),
@@ -232,6 +236,18 @@ def _engine(model: str, name: str) -> TuckerEngine:
     engine = TuckerEngine(expert.network, (1, channels, *expert.patch_size))
     engine.factorise()
     return engine
+
+
+@functools.lru_cache(maxsize=32)
+def _ranks(model: str, expert: str, df: float | None, target: str | None) -> dict[str, tuple[int, int]]:
+    """The DF rule's ranks, or the budget solver's for this expert alone (a target says what it missed)."""
+    engine = _engine(model, expert)
+    if target is None:
+        return ranks_of(df_ranks(engine.layers, float(df)))
+    result = solve_budget(engine, target)
+    if not result.met:
+        raise BudgetError(f"{expert}: {result.message}")
+    return result.ranks["expert"]
 
 
 @functools.lru_cache(maxsize=1)
