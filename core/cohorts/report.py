@@ -32,6 +32,8 @@ METHOD_COLOURS = {"tucker": "#1f77b4", "prune": "#d62728", "distilled": "#2ca02c
 
 def figure2(curve_table: pd.DataFrame, metrics: list[str]) -> Figure:
     """Mean metric vs compression ratio with 95% CIs: one row of panels per expert, one line per method."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     experts = list(dict.fromkeys(curve_table["expert"]))
     figure = new_figure(3.4 * len(metrics), 2.6 * len(experts) + 0.4)
     axes = figure.subplots(len(experts), len(metrics), squeeze=False)
@@ -52,6 +54,8 @@ def figure2(curve_table: pd.DataFrame, metrics: list[str]) -> Figure:
             if not metric.endswith("_gt"):
                 ax.plot([1.0], [1.0], marker="*", color="#444444", markersize=9, label="original")
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}x"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_ylim(top=1.02)
             ax.grid(alpha=0.3)
             ax.set_title(f"{expert}: {METRIC_TITLES[metric]}", fontsize=8.5)
