@@ -19,6 +19,7 @@ from tuckerscope.core.compression.tucker_conv import TuckerConv
 from tuckerscope.core.distillation.data import Scan, ScanSource
 from tuckerscope.core.distillation.distiller import DistilConfig, DistillationError, Distiller
 from tuckerscope.core.distillation.losses import LossWeights
+from tuckerscope.core.distillation.saving import save_distilled
 from tuckerscope.core.distillation.students import expert_engine, make_student, trainable_copy
 from tuckerscope.core.models.model_folder import load_expert, spec_from_folder
 from tuckerscope.core.runtime.errors import Cancelled, UserError
@@ -165,7 +166,7 @@ def test_cancel_stops_within_the_step_and_leaves_a_resumable_checkpoint(expert, 
     assert 2 <= saved["step"] <= 4 and len(saved["records"]) == saved["step"]
 
 
-def test_pruned_channels_stay_zero(expert, engine):
+def test_pruned_channels_stay_zero_also_when_saved_and_loaded(expert, engine, tmp_path):
     result = Distiller(expert, scans(1), config(method="prune", df=0.3, steps=3), engine=engine).run()
     student = result.student
     assert student.masks
@@ -175,6 +176,11 @@ def test_pruned_channels_stay_zero(expert, engine):
         value = parameters[name].detach()
         assert torch.count_nonzero(value * (1 - mask)) == 0
         assert not torch.equal(value, initial[name].detach())  # the kept channels did train
+    folder = save_distilled(expert, result, tmp_path / "out")
+    reloaded = dict(load_expert(spec_from_folder(folder)).network.named_parameters())
+    for name in student.masks:
+        torch.testing.assert_close(reloaded[name], parameters[name].detach())
+    assert json.loads((folder / "tucker_compression.json").read_text())["compression_method"] == "prune"
 
 
 def test_teacher_assistant_chain_and_feature_matching(expert, engine):
