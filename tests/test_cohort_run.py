@@ -20,8 +20,8 @@ from PIL import Image
 from tuckerscope.core.cli.main import main
 from tuckerscope.core.cli.phantom import write_phantom_cohort
 from tuckerscope.core.cohorts.engine import run_cohort
-from tuckerscope.core.cohorts.plan import CohortPlan, df_settings, find_cases
-from tuckerscope.core.cohorts.results import load_results
+from tuckerscope.core.cohorts.plan import CohortError, CohortPlan, df_settings, find_cases
+from tuckerscope.core.cohorts.results import load_results, open_results
 from tuckerscope.core.cohorts.tasks import read_record
 from tuckerscope.core.models.model_sources import demo_source
 
@@ -93,6 +93,18 @@ def check_every_score(results, experts):
 
 def test_every_score_of_every_case(results):
     check_every_score(results, FAST_EXPERTS)
+
+
+def test_open_results_gives_the_window_curves_and_per_class_table(results, tmp_path):
+    view = open_results(results)
+    point = view.curves[(view.curves["expert"] == "vessels") & (view.curves["method"] == "tucker")].iloc[0]
+    assert point["cases"] == 4 and point["params_ratio"] > 1.5
+    assert point["nsd_low"] <= point["nsd"] <= point["nsd_high"]
+    tucker = view.per_class[view.per_class["method"] == "tucker"]
+    assert sorted(tucker["class"]) == DEMO_CLASSES["vessels"] and (tucker["cases"] == 4).all()
+    assert len(view.tests) == len(DEMO_CLASSES["vessels"])
+    with pytest.raises(CohortError, match="not a cohort results folder"):
+        open_results(tmp_path)
 
 
 @pytest.mark.slow

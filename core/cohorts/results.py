@@ -2,7 +2,8 @@
 
 The task files under RESULTS/tasks are the truth; scores.csv, scores.parquet and failures.csv are
 assembled from them after every run (each written atomically), so they always match the finished tasks.
-`load_results` is what the window's File > Open results and scripts call.
+`open_results` is what the window's File > Open results calls: the tables plus the curves, the per-class
+table and the tests, computed as the report computes them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tuckerscope.core.cohorts.analysis import class_tests, curves, per_class
 from tuckerscope.core.cohorts.plan import CohortError
 from tuckerscope.core.cohorts.tasks import FAILED, read_record
 from tuckerscope.core.outputs.exports import atomic_outputs, write_text
@@ -100,3 +102,19 @@ def read_csv_or_empty(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         return pd.DataFrame(columns=list(columns))
     text = path.read_text(encoding="utf-8")
     return pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame(columns=list(columns))
+
+
+@dataclass(frozen=True)
+class CohortView:
+    """A results folder as the window shows it: Figure 2's curves, the per-class table and the tests."""
+
+    results: CohortResults
+    curves: pd.DataFrame  # expert (or 'all experts'), method, setting, df, params_ratio, cases, <metric>[_low|_high]
+    per_class: pd.DataFrame  # expert, class, method, setting, df, params_ratio, cases, <metric> means
+    tests: pd.DataFrame  # expert, class, method, setting, cases, p, p_holm, differs
+
+
+def open_results(folder: Path | str) -> CohortView:
+    """Load a cohort results folder and compute what its report shows (CohortError if it is not one)."""
+    results = load_results(folder)
+    return CohortView(results, curves(results.scores), per_class(results.scores), class_tests(results.scores))
