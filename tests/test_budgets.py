@@ -1,4 +1,4 @@
-"""Budgets: per-layer ranks for params/FLOP ratios, energy floors and VBMF, their errors and determinism."""
+"""Budgets: per-layer ranks for params/FLOP ratios, time, energy floors and VBMF; errors, determinism, the CLI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from ts_home import ts_results_folder
 from tuckerscope.core.cli.compress import engine_for, load_experts
+from tuckerscope.core.cli.main import main
 from tuckerscope.core.compression.budgets import (
     BudgetError,
     BudgetPlanner,
@@ -19,10 +20,19 @@ from tuckerscope.core.compression.budgets import (
     parse_target,
     solve_budget,
 )
-from tuckerscope.core.compression.counting import count_network
+from tuckerscope.core.compression.conv_layers import ConvLayer, LayerShapes
+from tuckerscope.core.compression.counting import count_network, original_layer_cost
 from tuckerscope.core.compression.explained_variance import explained_variance
 from tuckerscope.core.compression.tucker import TuckerEngine
+from tuckerscope.core.compression.tucker_conv import TuckerConv
 from tuckerscope.core.compression.vbmf import evbmf_rank, vbmf_ranks
+from tuckerscope.core.evaluation.time_budget import (
+    CostModel,
+    LayerTimeModel,
+    layer_signature,
+    solve_time_target,
+)
+from tuckerscope.core.evaluation.timing import ForwardSetup
 from tuckerscope.core.models.model_folder import build_network
 
 
@@ -84,7 +94,7 @@ def test_budgeted_ranks_keep_more_energy_than_a_uniform_df_at_the_same_size(demo
 def test_unreachable_ratio_says_what_can_be_reached(demo_engine, target) -> None:
     result = solve_budget(demo_engine, target)
     assert not result.met
-    assert "cannot be met" in result.message and "reaches at most" in result.message
+    assert "cannot be met" in result.message and "is the most" in result.message
     assert all(r == (1, 1) for r in result.ranks["expert"].values())  # the nearest reachable choice
     reachable = float(result.message.split("ask for ")[1].split("x")[0])
     assert solve_budget(demo_engine, Target(result.target.kind, reachable)).met
@@ -169,3 +179,88 @@ def test_target_syntax() -> None:
     assert parse_target("time=1500ms") == Target("time", 1.5)
     assert parse_target("energy=0.9").describe() == "energy=0.9"
     assert parse_target(" vbmf ") == Target("vbmf")
+
+
+def fake_cost_model(tmp_path, planner: BudgetPlanner) -> CostModel:
+    """A cost model whose layer times are their FLOPs at 10 GFLOP/s (no measuring)."""
+    model = CostModel(ForwardSetup(), folder=tmp_path)
+    for engine in planner.engines.values():
+        for layer in engine.layers:
+            shapes = engine.layer_shapes[layer.name]
+            voxels_in, voxels_out = shapes.input_voxels, shapes.output_voxels
+            core = voxels_in if layer.transposed else voxels_out
+            per_flop = 1e-10
+            model.layers[layer_signature(layer, shapes)] = LayerTimeModel(
+                (
+                    0.0,
+                    per_flop * layer.in_channels * voxels_in,
+                    per_flop * layer.out_channels * voxels_out,
+                    per_flop * layer.kernel_volume * core,
+                ),
+                per_flop * original_layer_cost(layer, shapes).flops,
+            )
+    return model
+
+
+def slow_machine_timer(planner: BudgetPlanner, model: CostModel):
+    """Forward 'timings' 30% slower than the cost model says, plus 10 ms outside the convs."""
+
+    def timer(networks):
+        seconds = {}
+        for name, network in networks.items():
+            engine = planner.engines[name]
+            ranks = {m.layer_name: m.ranks for m in network.modules() if isinstance(m, TuckerConv)}
+            total = 0.01
+            for layer in engine.layers:
+                grid, original = model.cost_grid(name, layer, engine.layer_shapes[layer.name])
+                r = ranks.get(layer.name)
+                total += 1.3 * (original if r is None else grid[r[0] - 1, r[1] - 1])
+            seconds[name] = total
+        return seconds
+
+    return timer
+
+
+def test_time_target_corrects_a_cost_model_that_is_off(demo_engine, tmp_path) -> None:
+    planner = BudgetPlanner({"organs": demo_engine})
+    model = fake_cost_model(tmp_path, planner)
+    timer = slow_machine_timer(planner, model)
+    original = timer({"organs": demo_engine.network})["organs"]
+    result = solve_time_target(planner, Target("time", original / 4), ForwardSetup(), model, timer)
+    assert result.met and abs(result.achieved - original / 4) <= 0.05 * original / 4
+    assert len(result.details["steps"]) >= 2  # the first choice missed; the correction fixed it
+    assert timer({"organs": demo_engine.compress(result.ranks["organs"])})["organs"] == result.achieved
+    too_fast = solve_time_target(planner, Target("time", 0.001), ForwardSetup(), model, timer)
+    assert not too_fast.met and "cannot be met" in too_fast.message and "s or more" in too_fast.message
+
+
+def test_layer_time_models_are_measured_once_and_cached(tmp_path) -> None:
+    layer = ConvLayer(
+        "conv", False, 8, 12, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), (), 1, True, ("conv",)
+    )
+    shapes = LayerShapes((8, 8, 8), (8, 8, 8))
+    model = CostModel(ForwardSetup(threads=1), folder=tmp_path, runs=1)
+    first = model.layer_model(layer, shapes)
+    assert min(first.coefficients) >= 0 and first.original_seconds > 0 and model.measured_now == 1
+    model.save()
+    again = CostModel(ForwardSetup(threads=1), folder=tmp_path)
+    assert again.layer_model(layer, shapes) == first and again.measured_now == 0
+    assert CostModel(ForwardSetup(threads=1, precision="bf16"), folder=tmp_path).layers == {}  # other runtime
+
+
+def test_cli_compress_target_end_to_end_on_the_demo(capsys) -> None:
+    assert main(["compress", "--model", "demo", "--target", "params=10x", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    total = report["total"]
+    assert 10.0 <= total["params_original"] / total["params_compressed"] <= 10.1
+    scope = report["target"]["scopes"][0]
+    assert scope["met"] and scope["asked"] == 10.0 and set(scope["experts"]) == set(report["experts"])
+    for entry in report["experts"].values():
+        assert entry["target"] == "params=10x"
+        assert {"params_original", "params_compressed", "flops_original", "flops_compressed"} <= set(entry)
+        assert all(1 <= r["r_out"] <= r["channels"][0] for r in entry["ranks"].values())
+    assert main(["compress", "--model", "demo", "--target", "params=1000x", "--expert", "organs"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot be met" in error and "ask for" in error
+    assert main(["compress", "--model", "demo", "--target", "params=3x", "--expert", "liver"]) == 2
+    assert "no such expert" in capsys.readouterr().err

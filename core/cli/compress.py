@@ -4,7 +4,9 @@ Prints, per expert and in total, parameters and FLOPs before and after: FLOPs as
 multiply-add = one FLOP, convs plus instance norms, one patch of the plans' size, no deep-supervision heads),
 with the conv-only figure beside them; --json prints one JSON object with the ranks and costs per layer; -o
 writes each compressed expert as an nnU-Net-style results folder that `tuckerscope segment --model` runs.
-Without --df, --ev or --layer nothing is compressed: the report is the original experts' sizes per layer.
+--target asks for a budget instead of a DF (budgets.py, time_budget.py): per-layer ranks that meet a params or
+FLOP ratio, a time per patch, or an energy floor, or VBMF's ranks; --json adds the asked and achieved values.
+Without --df, --ev, --layer or --target nothing is compressed: the report is the original experts' sizes per layer.
 --method prune runs the paper's baseline instead: channel pruning at the Tucker setting's parameter count.
 """
 
@@ -14,11 +16,12 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tuckerscope.core.compression.budgets import BudgetError, BudgetResult, parse_target
 from tuckerscope.core.compression.counting import NetworkCost, count_network
 from tuckerscope.core.compression.hooi import refine_with_hooi
 from tuckerscope.core.compression.pruning import prune_to_match
@@ -33,6 +36,8 @@ from tuckerscope.core.compression.ranks import (
     with_overrides,
 )
 from tuckerscope.core.compression.tucker import TuckerEngine
+from tuckerscope.core.evaluation.time_budget import solve_target
+from tuckerscope.core.evaluation.timing import ForwardSetup
 from tuckerscope.core.models.compressed_model import save_compressed
 from tuckerscope.core.models.model_folder import LoadedExpert, load_expert
 from tuckerscope.core.models.model_sources import expert_specs
@@ -49,7 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_argument(parser)
     add_df_argument(parser)
+    add_target_argument(parser)
     add_method_argument(parser)
+    parser.add_argument(
+        "--device", default="cpu", help="for time targets: where the forward passes are timed (default cpu)"
+    )
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="for time targets (default fp32)"
+    )
+    parser.add_argument("--threads", type=int, help="for time targets: torch CPU threads (default: torch's)")
     parser.add_argument(
         "--ev",
         type=float,
@@ -97,6 +110,79 @@ def add_df_argument(parser: argparse.ArgumentParser) -> None:
         help="downsampling factor in [0.01, 1] for every expert, or EXPERT=DF for one (repeatable; "
         "ranks ceil(C x DF), at least 8, at most C)",
     )
+
+
+def add_target_argument(parser: argparse.ArgumentParser) -> None:
+    """--target and --expert as compress, segment, eval and report take them (parsed by budgets.parse_target)."""
+    parser.add_argument(
+        "--target",
+        metavar="params=10x|flops=8x|time=1.5s|energy=0.9|ev=0.9|vbmf",
+        help="instead of a DF: per-layer ranks that meet a parameter or FLOP ratio, a forward time per patch "
+        "(on --device/--precision), an overall kernel-energy floor, a per-layer explained-variance floor, or "
+        "VBMF's automatic ranks; the most kernel energy is kept within the budget",
+    )
+    parser.add_argument(
+        "--expert",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="apply --target to this expert alone (repeatable: each on its own); default: all experts "
+        "together; experts not named stay uncompressed",
+    )
+
+
+def target_ranks(
+    target_text: str,
+    engines: Mapping[str, TuckerEngine],
+    expert_names: Sequence[str],
+    setup: ForwardSetup,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[dict[str, dict[str, tuple[int, int]]], list[BudgetResult]]:
+    """Ranks per expert for --target (with --expert: each named expert on its own; else all together).
+
+    A target that cannot be met is a UserError that names what can be reached instead.
+    """
+    target = parse_target(target_text)
+    for name in expert_names:
+        if name not in engines:
+            raise BudgetError(f"--expert {name!r}: no such expert; experts: {', '.join(engines)}")
+    groups = [[name] for name in dict.fromkeys(expert_names)] if expert_names else [list(engines)]
+    results = []
+    for group in groups:
+        result = solve_target({name: engines[name] for name in group}, target, setup, progress=progress)
+        if not result.met:
+            raise BudgetError(result.message)
+        results.append(result)
+    return {name: e.ranks for result in results for name, e in result.experts.items()}, results
+
+
+def budget_choices(
+    engine: TuckerEngine, ranks: Mapping[str, tuple[int, int]], source: str
+) -> dict[str, RankChoice]:
+    """RankChoices for budgeted ranks; there is no DF, so the 'DF rule' shown beside them is full rank."""
+    return {
+        name: RankChoice(r_out, r_in, (engine.layer(name).out_channels, engine.layer(name).in_channels), source)
+        for name, (r_out, r_in) in ranks.items()
+    }
+
+
+def target_json(results: Sequence[BudgetResult]) -> dict[str, Any]:
+    """What --json says about a target: asked and achieved per scope, with the timing steps of time targets."""
+    return {
+        "spec": results[0].target.describe(),
+        "kind": results[0].target.kind,
+        "scopes": [
+            {
+                "experts": list(result.experts),
+                "asked": result.asked,
+                "achieved": result.achieved,
+                "met": result.met,
+                "message": result.message,
+                **({"details": result.details} if result.details else {}),
+            }
+            for result in results
+        ],
+    }
 
 
 METHODS = ("tucker", "prune")
@@ -152,7 +238,11 @@ def parse_layer_options(values: list[str], expert_names: list[str]) -> dict[str,
 def run(args: argparse.Namespace) -> int:
     if args.df and args.ev is not None:
         raise UserError("use either --df or --ev, not both")
-    if args.method == "prune" and not (args.df or args.ev is not None or args.layer):
+    if args.target and (args.df or args.ev is not None):
+        raise UserError("use either --target or --df/--ev, not both")
+    if args.expert and not args.target:
+        raise UserError("--expert names the experts a --target applies to; give a --target too")
+    if args.method == "prune" and not (args.df or args.ev is not None or args.layer or args.target):
         raise UserError("--method prune prunes to a Tucker setting's parameter count: give --df, --ev or --layer")
     if args.method == "prune" and args.hooi:
         raise UserError("--hooi refines Tucker factors; it does not apply to --method prune")
@@ -160,10 +250,18 @@ def run(args: argparse.Namespace) -> int:
     names = [e.name for e in experts]
     dfs = parse_df_options(args.df, names)
     overrides = parse_layer_options(args.layer, names)
+    engines = {expert.name: engine_for(expert) for expert in experts}
+    for engine in engines.values():
+        engine.factorise()
     report: dict[str, Any] = {"experts": {}}
+    budgeted: dict[str, dict[str, tuple[int, int]]] = {}
+    if args.target:
+        setup = ForwardSetup(device=args.device, precision=args.precision, threads=args.threads)
+        budgeted, results = target_ranks(args.target, engines, args.expert, setup)
+        report["target"] = target_json(results)
     for expert in experts:
         report["experts"][expert.name] = compress_one(
-            expert, args, dfs.get(expert.name), overrides[expert.name]
+            expert, engines[expert.name], args, dfs.get(expert.name), overrides[expert.name], budgeted
         )
     report["total"] = {
         key: sum(entry[key] for entry in report["experts"].values())
@@ -181,24 +279,36 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print_table(report)
+        for scope in report.get("target", {}).get("scopes", []):
+            print(f"target {', '.join(scope['experts'])}: {scope['message']}")
     return 0
 
 
 def compress_one(
-    expert: LoadedExpert, args: argparse.Namespace, df: float | None, overrides: Mapping[str, tuple[int, int]]
+    expert: LoadedExpert,
+    engine: TuckerEngine,
+    args: argparse.Namespace,
+    df: float | None,
+    overrides: Mapping[str, tuple[int, int]],
+    budgeted: Mapping[str, Mapping[str, tuple[int, int]]],
 ) -> dict[str, Any]:
-    engine = engine_for(expert)
-    engine.factorise()
     if args.ev is not None:
         choices = explained_variance_ranks(engine, args.ev, round_to=args.round_to)
     elif df is not None:
         choices = df_ranks(engine.layers, df, round_to=args.round_to)
+    elif expert.name in budgeted:
+        choices = budget_choices(engine, budgeted[expert.name], f"target {args.target}")
     else:
         choices = {}
     choices = with_overrides(choices, overrides, engine.layers)
     ranks = ranks_of(choices)
     original = count_network(engine)
-    entry: dict[str, Any] = {"folder": str(expert.spec.folder), "df": df, "ev_threshold": args.ev}
+    entry: dict[str, Any] = {
+        "folder": str(expert.spec.folder),
+        "df": df,
+        "ev_threshold": args.ev,
+        "target": args.target if expert.name in budgeted else None,
+    }
     if not choices:
         network, compressed = None, original
         entry["method"] = "none"
@@ -223,7 +333,13 @@ def compress_one(
         for name, cost in original.layers.items()
     }
     if args.output is not None and network is not None:
-        extra = {"df": df, "ev_threshold": args.ev, "round_to": args.round_to, "compression": entry["method"]}
+        extra = {
+            "df": df,
+            "ev_threshold": args.ev,
+            "target": entry["target"],
+            "round_to": args.round_to,
+            "compression": entry["method"],
+        }
         entry["output_folder"] = str(save_compressed(expert, network, args.output, extra))
     return entry
 

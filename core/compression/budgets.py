@@ -430,8 +430,8 @@ class BudgetPlanner:
             message = f"{kind} {target.value:g}x asked, {achieved:.3f}x achieved"
         else:
             message = (
-                f"{target.describe()} cannot be met: {self.scope()} reaches at most {original / floor:.1f}x "
-                f"{kind} (every layer at rank {self.min_rank}); ask for "
+                f"{target.describe()} cannot be met: {original / floor:.1f}x {kind} is the most {self.scope()} "
+                f"can reach (every layer at rank {self.min_rank}); ask for "
                 f"{math.floor(original / floor * 10) / 10:g}x or less"
             )
         return BudgetResult(target, experts, target.value, achieved, met, message)
