@@ -42,6 +42,7 @@ from tuckerscope.core.models.compressed_model import save_compressed
 from tuckerscope.core.models.model_folder import LoadedExpert, load_expert
 from tuckerscope.core.models.model_sources import expert_specs
 from tuckerscope.core.runtime.errors import UserError
+from tuckerscope.core.segmentation.expert_run import ExpertRun, check_method, expert_engine
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -154,6 +155,26 @@ def target_ranks(
             raise BudgetError(result.message)
         results.append(result)
     return {name: e.ranks for result in results for name, e in result.experts.items()}, results
+
+
+def budgeted_runs(
+    experts: Sequence[LoadedExpert],
+    target_text: str,
+    expert_names: Sequence[str],
+    setup: ForwardSetup,
+    method: str = "tucker",
+) -> tuple[dict[str, ExpertRun], list[BudgetResult]]:
+    """ExpertRuns at --target's ranks for segment, eval and report (experts not named stay uncompressed)."""
+    known = [e.name for e in experts]
+    for name in expert_names:
+        if name not in known:
+            raise BudgetError(f"--expert {name!r}: no such expert; experts: {', '.join(known)}")
+    chosen = [e for e in experts if not expert_names or e.name in expert_names]
+    engines = {e.name: expert_engine(e) for e in chosen}
+    ranks, results = target_ranks(target_text, engines, expert_names, setup)
+    key = ("target", parse_target(target_text).describe(), method)
+    runs = {e.name: ExpertRun(e, engines[e.name], ranks[e.name], key, check_method(method)) for e in chosen}
+    return runs, results
 
 
 def budget_choices(

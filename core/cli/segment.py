@@ -16,8 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuckerscope.core.cli.compress import add_df_argument, add_method_argument
+from tuckerscope.core.cli.compress import (
+    add_df_argument,
+    add_method_argument,
+    add_target_argument,
+    budgeted_runs,
+)
 from tuckerscope.core.compression.ranks import parse_df_options
+from tuckerscope.core.evaluation.timing import ForwardSetup
 from tuckerscope.core.imaging.volume import Volume, load_volume
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.models.model_sources import TASK_NAMES, ModelSource, resolve_source
@@ -64,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR or ~/.totalsegmentator)",
     )
     add_df_argument(parser)
+    add_target_argument(parser)
     add_method_argument(parser)
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 is the reference")
@@ -137,10 +144,20 @@ def _run(args: argparse.Namespace) -> int:
     clock.lap("read volume")
     with timed_stage(profile, "load experts"):
         experts = source.load()
+    if args.target and args.df:
+        raise SegmentArgumentError("use either --target or --df, not both")
     dfs = parse_dfs(args.df, [e.name for e in experts])
     clock.lap("load experts")
     with timed_stage(profile, "compress"):
-        networks = compress_experts(experts, dfs, progress, args.method)
+        if args.target:
+            progress.update(0.0, f"choosing ranks for --target {args.target}")
+            setup = ForwardSetup(device=args.device, precision=args.precision, threads=args.threads)
+            runs, results = budgeted_runs(experts, args.target, args.expert, setup, args.method)
+            for result in results:
+                progress.note(f"target: {result.message}")
+            networks = {name: run.build() for name, run in runs.items()}
+        else:
+            networks = compress_experts(experts, dfs, progress, args.method)
     clock.lap("factorise and compress")
     labels = segment_source(volume, source, experts, networks, options, roi, progress, profile)
     clock.lap("segment")
