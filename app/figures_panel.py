@@ -21,7 +21,7 @@ COMPRESSED_BRUSH = (240, 150, 60)
 
 
 COLUMNS = (
-    "expert", "params orig", "params comp", "params ×", "FLOPs orig", "FLOPs comp", "FLOPs ×", "conv-only FLOPs",
+    "expert", "params orig", "params comp", "params ×", "FLOPs orig", "FLOPs comp", "FLOPs ×", "conv FLOPs comp",
 )  # fmt: skip
 
 
@@ -63,7 +63,7 @@ class FiguresPanel(QtWidgets.QWidget):
                 human(fig.flops_original),
                 human(fig.flops_compressed),
                 f"{fig.flops_ratio:.2f}",
-                f"{human(fig.conv_flops_original)} → {human(fig.conv_flops_compressed)}",
+                human(fig.conv_flops_compressed),
             )
             for fig in shown
         ]
