@@ -236,8 +236,10 @@ def test_distilled_folder_and_budget_target_reuse_the_original(cohort, client, t
     expert = next(e for e in demo_source().load() if e.name == "vessels")
     engine = TuckerEngine(expert.network, (1, 1, *expert.patch_size))
     engine.factorise()
-    network, _ = compressed_network(engine, "tucker", ranks_of(df_ranks(engine.layers, 0.5)))
-    save_compressed(expert, network, tmp_path / "distilled", {"df": 0.5})  # stands in for a distil -o folder
+    ranks = ranks_of(df_ranks(engine.layers, 0.5))
+    for method in ("tucker", "prune"):  # saved zero-shot networks stand in for `distil -o` folders
+        network, _ = compressed_network(engine, method, ranks)
+        save_compressed(expert, network, tmp_path / "distilled" / method, {"df": 0.5, "compression_method": method})
     ct = tmp_path / "ct"
     ct.mkdir()
     shutil.copy(cohort / "ct" / "phantom_30001.nii.gz", ct)
@@ -245,14 +247,15 @@ def test_distilled_folder_and_budget_target_reuse_the_original(cohort, client, t
     base = ["cohort", "--cts", str(ct), "--model", "demo", "--experts", "vessels"]
     base += ["--scheduler", client.scheduler.address, "-o", str(out), "--json"]
     capsys.readouterr()
-    assert main([*base, "--df", "0.5", "--distilled", str(tmp_path / "distilled")]) == 0
-    assert json.loads(capsys.readouterr().out)["ran"] == 3
+    assert main([*base, "--df", "0.5", "--method", "tucker,prune", "--distilled", str(tmp_path / "distilled")]) == 0
+    assert json.loads(capsys.readouterr().out)["ran"] == 5
     assert main([*base, "--target", "params=4x"]) == 0
     assert json.loads(capsys.readouterr().out)["ran"] == 1  # the original is reused from the first run
     scores = load_results(out).scores.set_index(["setting", "class"]).sort_index()
-    tucker, distilled = scores.loc["tucker_df0.5"], scores.loc["distilled_df0.5"]
-    assert (distilled["params"] == tucker["params"]).all() and (distilled["flops"] == tucker["flops"]).all()
-    np.testing.assert_allclose(distilled["nsd"], tucker["nsd"])  # the same network, saved and loaded
+    for method in ("tucker", "prune"):  # the same networks, saved and loaded: the same counts and scores
+        zero_shot, saved = scores.loc[f"{method}_df0.5"], scores.loc[f"{method}-distilled_df0.5"]
+        assert (saved["params"] == zero_shot["params"]).all() and (saved["flops"] == zero_shot["flops"]).all()
+        np.testing.assert_allclose(saved["nsd"], zero_shot["nsd"])
     target = scores.loc["tucker_params_4x"]
     assert target["params_ratio"].iloc[0] == pytest.approx(4.0, rel=0.01)
     assert target["target"].iloc[0] == "params=4x"

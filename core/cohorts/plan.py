@@ -192,7 +192,8 @@ def df_settings(dfs: Sequence[float], methods: Sequence[str]) -> tuple[Setting, 
 
 def distilled_settings(folder: Path, experts: Sequence[str]) -> dict[str, tuple[Setting, ...]]:
     """One setting per compressed model folder under `folder` (as `distil -o` or `compress -o` write them),
-    assigned to the expert its manifest names (or the folder's expert name)."""
+    assigned to the expert its manifest names (or the folder's expert name); its method is
+    'tucker-distilled' or 'prune-distilled' after the compression its manifest names."""
     folders = find_result_folders(Path(folder)) if Path(folder).is_dir() else []
     if not folders:
         raise CohortError(f"--distilled {folder} holds no model folders (plans.json + dataset.json)")
@@ -202,10 +203,11 @@ def distilled_settings(folder: Path, experts: Sequence[str]) -> dict[str, tuple[
         expert = str(manifest.get("expert") or spec_from_folder(model).name)
         if expert not in experts:
             raise CohortError(f"--distilled {model} is an expert {expert!r} the model does not have ({', '.join(experts)})")
-        df = manifest.get("df")
+        df = float(manifest["df"]) if isinstance(manifest.get("df"), int | float) else None
+        method = f"{manifest.get('compression_method') or ('tucker' if manifest.get('layers') else 'prune')}-distilled"
         settings = found.setdefault(expert, [])
-        label = f"df{float(df):g}" if isinstance(df, int | float) else str(len(settings) + 1)
-        if any(s.name == label for s in settings):
+        label = f"df{df:g}" if df is not None else str(len(settings) + 1)
+        if any(s.key == Setting(method, df, model, label).key for s in settings):
             label = f"{label}_{len(settings) + 1}"
-        settings.append(Setting("distilled", float(df) if isinstance(df, int | float) else None, model.resolve(), label))
+        settings.append(Setting(method, df, model.resolve(), label))
     return {expert: tuple(settings) for expert, settings in found.items()}

@@ -27,7 +27,13 @@ METRIC_TITLES = {
     "dice_gt": "Dice vs ground truth",
     "nsd_gt": "NSD vs ground truth",
 }
-METHOD_COLOURS = {"tucker": "#1f77b4", "prune": "#d62728", "distilled": "#2ca02c", ORIGINAL: "#444444"}
+METHOD_COLOURS = {
+    "tucker": "#1f77b4",
+    "prune": "#d62728",
+    "tucker-distilled": "#2ca02c",
+    "prune-distilled": "#ff7f0e",
+    ORIGINAL: "#444444",
+}
 
 
 def figure2(curve_table: pd.DataFrame, metrics: list[str]) -> Figure:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from tuckerscope.core.cohorts.plan import ORIGINAL, CohortPlan, Task
@@ -37,8 +36,8 @@ from tuckerscope.core.compression.tucker import TuckerEngine
 from tuckerscope.core.evaluation.metrics import Comparison, classes_from_names, compare
 from tuckerscope.core.imaging.label_maps import load_label_map, match_by_name
 from tuckerscope.core.imaging.volume import Volume, load_volume
-from tuckerscope.core.models.compressed_model import MANIFEST_NAME
-from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, spec_from_folder
+from tuckerscope.core.models.compressed_model import MANIFEST_NAME, CompressedModelError
+from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, read_json, spec_from_folder
 from tuckerscope.core.models.model_sources import ModelSource, resolve_source
 from tuckerscope.core.outputs.exports import atomic_outputs, write_text
 from tuckerscope.core.runtime.errors import UserError
@@ -268,14 +267,15 @@ def _truth(path: str, ct: str, model: str, expert: str) -> tuple[np.ndarray, lis
 
 
 def _distilled(folder: Path, engine: TuckerEngine) -> tuple[nn.Module, int, int]:
-    """A saved compressed (e.g. distilled) expert's network and its cost, counted as the engine counts Tucker
-    ranks when its manifest names them; otherwise (pruned) its non-zero parameters at the original's FLOPs."""
+    """A saved compressed (e.g. distilled) expert's network and its cost, counted as its zero-shot form is:
+    Tucker from the manifest's ranks; a pruned one as pruning at its DF counts (kept weights only)."""
     network = load_expert(spec_from_folder(folder)).network
-    manifest_path = Path(folder) / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    manifest = read_json(Path(folder) / MANIFEST_NAME) if (Path(folder) / MANIFEST_NAME).is_file() else {}
     ranks = {name: tuple(entry["ranks"]) for name, entry in (manifest.get("layers") or {}).items()}
     if ranks:
         cost = count_network(engine, ranks)
-        return network, cost.params, cost.flops
-    kept = sum(int(torch.count_nonzero(p)) for p in network.parameters())
-    return network, kept, count_network(engine).flops
+    elif isinstance(manifest.get("df"), int | float):
+        cost = prune_to_match(engine, ranks_of(df_ranks(engine.layers, float(manifest["df"])))).cost
+    else:
+        raise CompressedModelError(f"{folder} names neither Tucker ranks nor a DF in {MANIFEST_NAME}")
+    return network, cost.params, cost.flops
