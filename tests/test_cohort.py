@@ -106,3 +106,22 @@ def test_without_ground_truth_the_test_is_against_identity():
     assert tests.loc["spleen", "reference"].startswith("1 (identical")
     assert tests.loc["spleen", "differs"]
     assert signed_rank_p(np.zeros(5)) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--df", "0.5,abc"], "--df takes comma-separated numbers"),
+        (["--df", "1.0"], "DF 1.0 is the original"),
+        (["--target", "params=0.5x"], "a compression ratio is at least 1x"),
+        (["--df", "0.5", "--experts", "lungs"], "the model has no expert 'lungs'"),
+        (["--df", "0.5", "--method", "svd"], "unknown --method 'svd'"),
+    ],
+)
+def test_bad_cohort_options_are_one_line_errors(tmp_path, capsys, extra, message):
+    from tuckerscope.core.cli.main import main
+
+    touch(tmp_path / "ct" / "a.nii.gz")
+    assert main(["cohort", "--cts", str(tmp_path / "ct"), "--model", "demo", "-o", str(tmp_path / "r"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
