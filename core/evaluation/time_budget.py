@@ -12,7 +12,9 @@ The time budget is then a cost table like parameters or FLOPs (budgets.py). What
 (norms, activations, the rest of the pass, how the layers interact in one pass) is taken from real timings:
 the original network's timing gives the first estimate of the rest, and each timing of the chosen network
 moves the layers' budget (a secant step on measured vs budget) until the measured time is within the
-tolerance of the target or the iterations run out. The result reports the last measured time.
+tolerance of the target or the iterations run out. Each timing runs interleaved with the original network and
+is scaled to the original's first timing, so load from other processes that changes between steps does not
+steer the choice (LoadNormalisedTimer).
 """
 
 from __future__ import annotations
@@ -200,18 +202,33 @@ def _random_tucker_conv(layer: ConvLayer, r_out: int, r_in: int, generator: torc
     return module
 
 
-def forward_timer(planner: BudgetPlanner, setup: ForwardSetup, runs: int = 3) -> Timer:
-    """Median forward seconds per expert network, each on one patch of its engine's input shape."""
+class LoadNormalisedTimer:
+    """Median forward seconds per expert network on one patch, corrected for load that comes and goes.
 
-    def time_networks(networks: Mapping[str, nn.Module]) -> dict[str, float]:
-        return {
-            name: compare_forward({name: network}, planner.engines[name].input_shape, setup, runs=runs)[
-                name
-            ].wall_seconds
-            for name, network in networks.items()
-        }
+    Each network is timed interleaved with its expert's original (compare_forward), and its time is scaled by
+    how much slower the original ran than at its first timing here: load from other processes between the
+    solver's steps then does not move the choice. The first call, on the originals, sets that baseline.
+    """
 
-    return time_networks
+    def __init__(self, planner: BudgetPlanner, setup: ForwardSetup, runs: int = 3) -> None:
+        self.planner = planner
+        self.setup = setup
+        self.runs = runs
+        self.baseline: dict[str, float] = {}
+
+    def __call__(self, networks: Mapping[str, nn.Module]) -> dict[str, float]:
+        seconds = {}
+        for name, network in networks.items():
+            engine = self.planner.engines[name]
+            pair = {"original": engine.network}
+            if network is not engine.network:
+                pair["chosen"] = network
+            timed = compare_forward(pair, engine.input_shape, self.setup, runs=self.runs)
+            original = timed["original"].wall_seconds
+            self.baseline.setdefault(name, original)
+            chosen = timed["chosen"].wall_seconds if "chosen" in timed else original
+            seconds[name] = chosen * self.baseline[name] / original
+        return seconds
 
 
 def solve_time_target(
@@ -232,7 +249,7 @@ def solve_time_target(
     assert target.kind == "time" and target.value is not None
     cost_model = cost_model or CostModel(setup)
     cost_model.ensure(planner, progress)
-    timer = timer or forward_timer(planner, setup)
+    timer = timer or LoadNormalisedTimer(planner, setup)
     original_seconds = sum(timer({name: e.network for name, e in planner.engines.items()}).values())
     cost_name = f"time/{cost_model.key}"
     fronts = planner.frontiers(cost_name, cost_model.cost_grid)
