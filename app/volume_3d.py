@@ -75,7 +75,10 @@ class SurfaceView(QtWidgets.QWidget):
         self.vtk_widget.Initialize()
 
     def set_title(self, title: str) -> None:
-        self.title_actor.SetInput(title)
+        """New text, drawn at the next paint (coalesced: a drag's titles cost one render, not one each)."""
+        if title != self.title_actor.GetInput():
+            self.title_actor.SetInput(title)
+            self.vtk_widget.update()
 
     def set_surfaces(
         self,
