@@ -8,7 +8,7 @@ phantoms, each network (and the original) is scored against the true labels too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -55,8 +55,8 @@ from tuckerscope.core.distillation.students import METHODS, Method, Student, exp
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled, UserError
 from tuckerscope.core.runtime.memory import process_memory_kb
+from tuckerscope.core.runtime.progress import ProgressCallback
 
-ProgressCallback = Callable[[float, str], None]
 CancelSignal = Callable[[], bool] | threading.Event | None
 CHECKPOINT_FORMAT = "tuckerscope-distillation-checkpoint/1"
 GRADIENT_CLIP = 12.0

@@ -25,9 +25,9 @@ from tuckerscope.core.distillation.distiller import CancelSignal, DistilConfig, 
 from tuckerscope.core.distillation.students import METHODS, Method, expert_engine, make_student
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.runtime.progress import ProgressCallback
 from tuckerscope.core.segmentation.segmenter import Segmenter
 
-ProgressCallback = Callable[[float, str], None]
 DEFAULT_DFS = (0.5, 0.3, 0.2, 0.1)
 DEFAULT_STEPS_PER_POINT = 20
 

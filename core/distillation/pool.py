@@ -30,9 +30,9 @@ from tuckerscope.core.compression.conv_layers import meta_copy
 from tuckerscope.core.distillation.data import ScanSource
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled, UserError
+from tuckerscope.core.runtime.progress import ProgressCallback
 from tuckerscope.core.segmentation.segmenter import Segmenter
 
-ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
 BODY_CENTRE_FRACTION = 0.5
 NOISE_PROBABILITY = 0.3
