@@ -19,6 +19,7 @@ from typing import Any
 from pyqtgraph.Qt import QtCore
 
 from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.runtime.progress import ProgressCallback
 
 
 @dataclass
@@ -31,7 +32,7 @@ class JobContext:
 
     cancel: threading.Event
     user_cancel: threading.Event
-    _progress: Callable[[float, str], None]
+    _progress: ProgressCallback
     _partial: Callable[[Any], None]
     started: float = field(default_factory=time.perf_counter)
 
