@@ -1,1 +1,1 @@
-"""Qt views and workers; all compute goes through tuckerscope.core."""
+"""Qt views, workers and the window's wiring; all compute goes through tuckerscope.core.session."""

@@ -1,1 +1,2 @@
-"""Segmenting a volume as TotalSegmentator does (preprocessing, sliding window, merge), and live refresh."""
+"""Segmenting a volume as TotalSegmentator does (preprocessing, sliding window), one expert at one setting
+(expert_run, shared by the CLI and the window), and live refresh."""

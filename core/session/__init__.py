@@ -1,1 +1,2 @@
-"""The state of one interactive session, its per-field events and its background jobs (the app's only door)."""
+"""The state of one interactive session, its per-field events, its policy, its loaders and background jobs, and
+(api) what the views need from the stages below: the app's only door into core, with core.runtime."""
