@@ -264,3 +264,29 @@ def test_cli_compress_target_end_to_end_on_the_demo(capsys) -> None:
     assert error.count("\n") == 1 and "cannot be met" in error and "ask for" in error
     assert main(["compress", "--model", "demo", "--target", "params=3x", "--expert", "liver"]) == 2
     assert "no such expert" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_eval_and_segment_take_the_same_target(tmp_path, capsys) -> None:
+    from tuckerscope.core.imaging.phantom import make_phantom
+
+    ct, _ = make_phantom(905).to_nifti()
+    path = tmp_path / "ct.nii.gz"
+    ct.to_filename(path)
+    common = ["--task", "demo", "--target", "params=10x", "--expert", "organs", "--quiet"]
+    assert main(["eval", "-i", str(path), *common]) == 0
+    out, err = capsys.readouterr()
+    assert "organs: target params=10x" in out and "skeleton: DF 1" in out
+    assert "target: params 10x asked, 10.0" in err
+    labels = tmp_path / "labels.nii.gz"
+    assert main(["segment", "-i", str(path), "-o", str(labels), *common]) == 0 and labels.is_file()
+    assert main(["eval", "-i", str(path), *common, "--df", "0.3"]) == 2
+    assert "either --target or --df" in capsys.readouterr().err
+
+
+def test_layer_weights_move_the_budget_towards_the_weighted_layer(demo_engine) -> None:
+    name = "decoder.stages.0.convs.0.conv"
+    plain = BudgetPlanner({"x": demo_engine}).solve(Target("params", 10.0)).ranks["x"][name]
+    weighted = BudgetPlanner({"x": demo_engine}, weights={("x", name): 50.0}).solve(Target("params", 10.0))
+    ev = explained_variance(demo_engine.factors(name), *weighted.ranks["x"][name])
+    assert ev > explained_variance(demo_engine.factors(name), *plain) and weighted.achieved >= 10.0

@@ -173,7 +173,10 @@ def budgeted_runs(
     engines = {e.name: expert_engine(e) for e in chosen}
     ranks, results = target_ranks(target_text, engines, expert_names, setup)
     key = ("target", parse_target(target_text).describe(), method)
-    runs = {e.name: ExpertRun(e, engines[e.name], ranks[e.name], key, check_method(method)) for e in chosen}
+    runs = {
+        e.name: ExpertRun(e, engines[e.name], ranks[e.name], key, check_method(method), target=key[1])
+        for e in chosen
+    }
     return runs, results
 
 

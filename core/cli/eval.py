@@ -14,10 +14,16 @@ import json
 import math
 from pathlib import Path
 
-from tuckerscope.core.cli.compress import add_df_argument, add_method_argument
+from tuckerscope.core.cli.compress import (
+    add_df_argument,
+    add_method_argument,
+    add_target_argument,
+    budgeted_runs,
+)
 from tuckerscope.core.cli.segment import TerminalProgress, parse_dfs
 from tuckerscope.core.evaluation.case_run import CaseResult, run_case
 from tuckerscope.core.evaluation.metrics import DEFAULT_TOLERANCE_MM, Comparison, GroundTruth
+from tuckerscope.core.evaluation.timing import ForwardSetup
 from tuckerscope.core.imaging.label_maps import load_label_map, match_by_name
 from tuckerscope.core.imaging.volume import Volume, load_volume
 from tuckerscope.core.models.model_sources import TASK_NAMES, ModelSource, resolve_source
@@ -45,6 +51,7 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ts-home", type=Path, help="TotalSegmentator home (default: TOTALSEG_HOME_DIR)")
     add_df_argument(parser)
+    add_target_argument(parser)
     add_method_argument(parser)
     parser.add_argument(
         "--gt",
@@ -97,8 +104,10 @@ def run_case_from_args(args: argparse.Namespace, progress: TerminalProgress) -> 
     """Load the CT, models and ground truth named on the command line and run the case."""
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise EvalArgumentError(f"--tolerance must be a non-negative number of mm, got {args.tolerance}")
-    if not args.df:
-        raise EvalArgumentError("give at least one --df (e.g. --df 0.3 or --df organs=0.3)")
+    if not args.df and not args.target:
+        raise EvalArgumentError("give at least one --df (e.g. --df 0.3 or --df organs=0.3) or a --target")
+    if args.df and args.target:
+        raise EvalArgumentError("use either --target or --df, not both")
     options = InferenceOptions(device=args.device, precision=args.precision, threads=args.threads)
     options.torch_device()
     volume = load_volume(args.input)
@@ -108,7 +117,13 @@ def run_case_from_args(args: argparse.Namespace, progress: TerminalProgress) -> 
     ground_truth = ground_truth_for(args.gt, volume, source, progress) if args.gt is not None else None
     experts = source.load()
     dfs = parse_dfs(args.df, [e.name for e in experts])
-    if not dfs:
+    runs = {}
+    if args.target:
+        setup = ForwardSetup(device=args.device, precision=args.precision, threads=args.threads)
+        runs, results = budgeted_runs(experts, args.target, args.expert, setup, args.method)
+        for result in results:
+            progress.note(f"target: {result.message}")
+    elif not dfs:
         raise EvalArgumentError("every --df is 1.0: nothing is compressed, so there is nothing to compare")
     return run_case(
         volume,
@@ -120,6 +135,7 @@ def run_case_from_args(args: argparse.Namespace, progress: TerminalProgress) -> 
         tolerance_mm=args.tolerance,
         progress=progress.update,
         method=args.method,
+        runs=runs,
     )
 
 
@@ -159,7 +175,7 @@ def case_settings(case: CaseResult, args: argparse.Namespace) -> dict[str, objec
         "CT grid": f"{' x '.join(map(str, case.volume.shape))} voxels of "
         f"{' x '.join(f'{s:g}' for s in case.volume.spacing)} mm ({''.join(case.volume.axis_codes)})",
         "models": case.source.name,
-        "DF per expert": ", ".join(f"{e.name}={e.df:g}" for e in case.experts),
+        "setting per expert": ", ".join(f"{e.name}: {e.run.setting}" for e in case.experts),
         "method": "Tucker" if args.method == "tucker" else "channel pruning at the Tucker parameter count",
         "device / precision": f"{case.options.device} / {case.options.precision}",
         "NSD tolerance": f"{args.tolerance:g} mm",
@@ -194,7 +210,7 @@ def text_summary(case: CaseResult) -> str:
         speedup = e.original_seconds / e.compressed_seconds if e.compressed_seconds > 0 else math.nan
         size = e.size
         lines.append(
-            f"{e.name}: DF {e.df:g}{' pruned' if size.method == 'prune' else ''}, params {e.params_original:,} -> "
+            f"{e.name}: {e.run.setting}{' pruned' if size.method == 'prune' else ''}, params {e.params_original:,} -> "
             f"{e.params_compressed:,} ({size.params_ratio:.2f}x), GFLOPs {e.flops_original / 1e9:.2f} -> "
             f"{e.flops_compressed / 1e9:.2f} (conv only {size.conv_flops_original / 1e9:.2f} -> "
             f"{size.conv_flops_compressed / 1e9:.2f}), segmentation {e.original_seconds:.1f} s -> "

@@ -191,8 +191,12 @@ def run_case(
     cancel: CancelSignal = None,
     segmenter: Segmenter | None = None,
     method: str = "tucker",
+    runs: Mapping[str, ExpertRun] | None = None,
 ) -> CaseResult:
-    """Segment with every expert, original and at its DF (experts absent from `dfs` stay uncompressed)."""
+    """Segment with every expert, original and at its DF (experts absent from `dfs` stay uncompressed).
+
+    ``runs`` gives some experts a prepared setting instead (budgeted ranks: compress --target).
+    """
     options = options or InferenceOptions()
     report = progress or (lambda _fraction, _message: None)
     segmenter = segmenter or Segmenter(volume.data, volume.affine)
@@ -206,9 +210,11 @@ def run_case(
         def part(lo: float, hi: float, start: float = start, stop: float = stop) -> ProgressCallback:
             return lambda f, m: report(start + (stop - start) * (lo + (hi - lo) * f), m)
 
-        df = dfs.get(expert.name, 1.0)
-        part(0.0, 0.05)(0.0, f"{expert.name}: factorising")
-        run = ExpertRun.at_df(expert, expert_engine(expert, factorise=df < 1.0), df, method)
+        run = (runs or {}).get(expert.name)
+        if run is None:
+            df = dfs.get(expert.name, 1.0)
+            part(0.0, 0.05)(0.0, f"{expert.name}: factorising")
+            run = ExpertRun.at_df(expert, expert_engine(expert, factorise=df < 1.0), df, method)
         result, network = run_expert(run, segmenter, options, part, cancel)
         results.append(result)
         if network is not None:

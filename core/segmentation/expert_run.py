@@ -69,6 +69,7 @@ class ExpertRun:
     rank_key: RankKey = ()
     method: str = "tucker"
     df: float = 1.0
+    target: str | None = None  # the budget the ranks were chosen for (compress --target), instead of a DF
 
     @classmethod
     def at_df(cls, expert: LoadedExpert, engine: TuckerEngine, df: float, method: str = "tucker") -> ExpertRun:
@@ -79,6 +80,11 @@ class ExpertRun:
     @property
     def name(self) -> str:
         return self.expert.name
+
+    @property
+    def setting(self) -> str:
+        """How the ranks were chosen, for reports: 'DF 0.3' or 'target params=10x'."""
+        return f"target {self.target}" if self.target else f"DF {self.df:g}"
 
     @property
     def is_full_rank(self) -> bool:
