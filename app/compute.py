@@ -28,8 +28,8 @@ from tuckerscope.core.session.api import (
     run_segmentation,
 )
 from tuckerscope.core.session.export import session_sweep_backend
-from tuckerscope.core.session.jobs import TimingResult, compression_job, heatmaps_job, timing_job
-from tuckerscope.core.session.session import Session
+from tuckerscope.core.session.jobs import compression_job, heatmaps_job, timing_job
+from tuckerscope.core.session.session import Session, TimingResult
 
 LANES = (
     "volume",

@@ -21,8 +21,7 @@ from tuckerscope.app.timing_panel import TimingPanel
 from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.core.session import policy
 from tuckerscope.core.session.api import SegmentationUpdate
-from tuckerscope.core.session.jobs import TimingResult
-from tuckerscope.core.session.session import AgreementResult, Session
+from tuckerscope.core.session.session import AgreementResult, Session, TimingResult
 
 
 class Views(Protocol):

@@ -13,7 +13,7 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 from tuckerscope.app.figures_panel import COMPRESSED_BRUSH, ORIGINAL_BRUSH
 from tuckerscope.app.style import configure_pyqtgraph
 from tuckerscope.app.tables import fill_table, read_only_table
-from tuckerscope.core.session.jobs import ExpertTiming
+from tuckerscope.core.session.session import ExpertTiming
 
 PRECISIONS = ("fp32", "bf16")
 COLUMNS = ("expert", "DF", "original", "compressed", "speed-up")

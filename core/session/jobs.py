@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tuckerscope.core.compression.explained_variance import all_heatmaps
 from tuckerscope.core.evaluation.counts import ExpertSize
@@ -18,37 +17,8 @@ from tuckerscope.core.evaluation.timing import ForwardSetup, compare_forward
 from tuckerscope.core.outputs.report import LayerHeatmap
 from tuckerscope.core.runtime.errors import Cancelled
 from tuckerscope.core.runtime.progress import ProgressCallback
-from tuckerscope.core.segmentation.expert_run import RankKey, input_shape
-from tuckerscope.core.session.session import CompressionResult, Session
-
-
-@dataclass(frozen=True)
-class ExpertTiming:
-    """Median forward time of one expert's original and compressed network on one patch."""
-
-    expert: str
-    df: float
-    rank_key: RankKey
-    original_seconds: float
-    compressed_seconds: float | None  # None: full rank, nothing to compare
-    patch_size: tuple[int, ...]
-
-    @property
-    def speedup(self) -> float | None:
-        if self.compressed_seconds is None:
-            return None
-        return self.original_seconds / max(self.compressed_seconds, 1e-12)
-
-
-@dataclass(frozen=True)
-class TimingResult:
-    rows: list[ExpertTiming]
-    setup: str  # device, precision, threads
-    runs: int
-
-    def rank_keys(self) -> dict[str, RankKey]:
-        """The settings the figures were measured at."""
-        return {row.expert: row.rank_key for row in self.rows}
+from tuckerscope.core.segmentation.expert_run import input_shape
+from tuckerscope.core.session.session import CompressionResult, ExpertTiming, Session, TimingResult
 
 
 def compression_job(session: Session, name: str) -> Callable[[], CompressionResult]:

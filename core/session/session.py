@@ -154,6 +154,35 @@ class CompressionResult:
     size: ExpertSize
 
 
+@dataclass(frozen=True)
+class ExpertTiming:
+    """Median forward time of one expert's original and compressed network on one patch."""
+
+    expert: str
+    df: float
+    rank_key: RankKey
+    original_seconds: float
+    compressed_seconds: float | None  # None: full rank, nothing to compare
+    patch_size: tuple[int, ...]
+
+    @property
+    def speedup(self) -> float | None:
+        if self.compressed_seconds is None:
+            return None
+        return self.original_seconds / max(self.compressed_seconds, 1e-12)
+
+
+@dataclass(frozen=True)
+class TimingResult:
+    rows: list[ExpertTiming]
+    setup: str  # device, precision, threads
+    runs: int
+
+    def rank_keys(self) -> dict[str, RankKey]:
+        """The settings the figures were measured at."""
+        return {row.expert: row.rank_key for row in self.rows}
+
+
 class Session:
     """One CT, a set of experts and everything computed from them; every view of the window reads from here.
 
@@ -182,7 +211,7 @@ class Session:
         self.sizes: dict[str, ExpertSize] = {}
         self.build_seconds: dict[str, float] = {}
         self.heatmaps: dict[str, list[LayerHeatmap]] = {}
-        self.timing: object | None = None  # the last jobs.TimingResult, None until measured
+        self.timing: TimingResult | None = None  # the last forward-time measurement
         self.status = ""
         self.inference = InferenceOptions()  # how live segmentations run (device, precision, threads)
 
@@ -282,7 +311,7 @@ class Session:
         self.heatmaps = {name: grids for name, grids in heatmaps.items() if name in self.experts}
         self.events.heatmaps_changed.emit()
 
-    def apply_timing(self, result: object | None) -> None:
+    def apply_timing(self, result: TimingResult | None) -> None:
         self.timing = result
         self.events.timing_changed.emit(result)
 
