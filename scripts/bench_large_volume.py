@@ -3,7 +3,7 @@ and report peak memory, wall time and how fast a cancel takes effect.
 
 Why: clinic CTs are large; the window must segment them within a peak RSS of 8 GB, show progress all along, and
 stop within 2 s when the user cancels. The pipeline measured is the one the window runs, minus Qt: load_volume ->
-Session.set_volume -> load_expert_models (load + factorise) -> plan_segmentation (the visible slab first) ->
+Session.set_volume -> load_models (load + factorise) -> plan_segmentation (the visible slab first) ->
 run_segmentation (original, then compressed at --df) -> apply_segmentation.
 
 Weights are seeded random ones in a TS home built from ../shared/ts_plans (tests/ts_home.py): the same
