@@ -716,11 +716,11 @@ class _TileRun:
                         self._maybe_cache(index, prediction)
                 else:
                     prediction = prediction.clone()
-                with timed_stage(self.profile, "aggregation"):
+                with timed_stage(self.profile, "aggregation"), _one_torch_thread():
                     _accumulate(logits, prediction, gaussian_fp32, slicer)
                     weights[slicer[1:]] += gaussian
                 report((done + 1) / len(indices), f"tile {done + 1}/{len(indices)}")
-            with timed_stage(self.profile, "aggregation"):
+            with timed_stage(self.profile, "aggregation"), _one_torch_thread():
                 if selected is not None:
                     weights[weights == 0] = 1
                 infinite = False
@@ -789,6 +789,19 @@ class _TileRun:
                 network.to(memory_format=torch.contiguous_format)
             network.to("cpu")
             torch.set_num_threads(threads)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run a block of small elementwise ops on one thread: per class they are too short to split, and two
+    threads spinning at each op's barrier doubled their CPU time (and, on a loaded machine, their wall time
+    tenfold, waiting for both threads to be scheduled)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _accumulate(
