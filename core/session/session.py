@@ -212,7 +212,6 @@ class Session:
         self.build_seconds: dict[str, float] = {}
         self.heatmaps: dict[str, list[LayerHeatmap]] = {}
         self.timing: TimingResult | None = None  # the last forward-time measurement
-        self.status = ""
         self.inference = InferenceOptions()  # how live segmentations run (device, precision, threads)
 
     # ----- state changes (UI thread) ------------------------------------------------------------------------
@@ -383,7 +382,6 @@ class Session:
         self.display_compressed = update.display_compressed
         if update.positions is not None:
             self.positions = update.positions
-        self.status = update.description
         self.events.segmentation_changed.emit(update)
         return True
 
