@@ -69,7 +69,6 @@ class ExpertRun:
     rank_key: RankKey = ()
     method: str = "tucker"
     df: float = 1.0
-    target: str = ""  # the budget the ranks were chosen for ('10x params', '1.5 s/patch'); '' for a DF
     target: str | None = None  # the budget the ranks were chosen for (compress --target), instead of a DF
 
     @classmethod
