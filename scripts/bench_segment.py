@@ -53,6 +53,7 @@ class Run:
     output: Path
     floor: float | None = None
     note: str = ""
+    failed: bool = False
     profile: list[str] = field(default_factory=list)
 
 
@@ -92,7 +93,8 @@ def main() -> int:
         if not args.skip_ts:
             fast = ["--fast"] if task == "total_fast" else []
             out = work / f"ts_{task}.nii.gz"
-            ts_run = timed("TotalSegmentator CLI", [ts_cli(), "-i", str(ct), "-o", str(out), "--ml", "-d", "cpu", *fast], env, out)
+            command = [ts_cli(), "-i", str(ct), "-o", str(out), "--ml", "-d", "cpu", *fast]
+            ts_run = timed("TotalSegmentator CLI", command, env, out)
             runs.append(ts_run)
         references: dict[float, Path] = {}
         for runtime in args.runtimes:
@@ -105,13 +107,15 @@ def main() -> int:
                     command += ["--df", str(df)] if df < 1.0 else []
                     command += ["--threads", str(args.threads)] if args.threads else []
                     run = timed(label, command, env, out)
+                    runs.append(run)
+                    if run.failed:
+                        continue
                     if runtime == "torch" and precision == "fp32":
                         references[df] = out
-                        if df >= 1.0 and ts_run is not None:
+                        if df >= 1.0 and ts_run is not None and not ts_run.failed:
                             run.note = identical(out, ts_run.output)
                     elif df in references:
                         run.note = "vs app torch fp32: " + agreement(out, references[df])
-                    runs.append(run)
         report(task, runs, ts_run)
     return 0
 
@@ -161,7 +165,7 @@ def load() -> str:
 def timed(name: str, command: list[str], env: dict[str, str], output: Path) -> Run:
     """One run from a cold process: wall, user and kernel CPU and peak RSS of it and its descendants (wait4)."""
     print(f"$ {' '.join(command)}    [{load()}]", flush=True)
-    logs = output.with_name(output.name.replace(".nii.gz", "")).with_suffix(".log")
+    logs = output.with_name(output.name.replace(".nii.gz", ".log"))
     start = time.perf_counter()
     with logs.open("w") as stream:
         process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
@@ -169,9 +173,12 @@ def timed(name: str, command: list[str], env: dict[str, str], output: Path) -> R
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     text = logs.read_text()
-    if process.returncode != 0:
-        sys.exit(f"failed ({process.returncode}):\n{text[-3000:]}")
     run = Run(name, wall, usage.ru_utime, usage.ru_stime, int(usage.ru_maxrss), output)
+    if process.returncode != 0:  # reported in the table; the other runs still go ahead
+        print(f"  failed ({process.returncode}):\n{text[-2000:]}", flush=True)
+        run.failed = True
+        run.note = f"FAILED (exit {process.returncode}; -9: killed, e.g. out of memory)"
+        return run
     lines = text.splitlines()
     if "stage profile" in text:
         run.profile = lines[next(i for i, line in enumerate(lines) if line.startswith("stage profile")) :]
@@ -216,7 +223,7 @@ def report(task: str, runs: list[Run], ts_run: Run | None) -> None:
     header = f"{'run':<34} {'wall s':>8} {'TS/run':>7} {'floor s':>8} {'wall/floor':>10} {'user s':>8} {'kernel s':>8} {'peak GB':>8}  note"
     print(header)
     for run in runs:
-        ratio = f"{ts_run.wall / run.wall:6.2f}x" if ts_run is not None else "     -"
+        ratio = f"{ts_run.wall / run.wall:6.2f}x" if ts_run is not None and not run.failed else "     -"
         floor = f"{run.floor:8.1f}" if run.floor else "       -"
         over = f"{run.wall / run.floor:9.2f}x" if run.floor else "         -"
         print(

@@ -88,13 +88,13 @@ class OpenVinoTiles:
         self.input_shape = tuple(int(n) for n in input_shape)
         self.folder = Path(folder) if folder is not None else default_export_folder()
         self.key = content_hash or network_hash(network, self.input_shape)
-        model = self._exported(network, ov)
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         }
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        # the IR (a copy of the weights) is dropped once compiled: only the compiled model stays in memory
+        self.compiled = ov.Core().compile_model(self._exported(network, ov), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def _exported(self, network: torch.nn.Module, ov: Any) -> Any:

@@ -695,6 +695,9 @@ class _TileRun:
         indices = list(range(len(self.slicers))) if selected is None else selected
         heads = predictor.label_manager.num_segmentation_heads
         with self._network_on(device):
+            if self.options.runtime != "torch" and len(indices) > 0:
+                # before the result buffers exist: exporting and compiling need their own memory for a moment
+                self.openvino = self.runtimes.openvino_for(self, device)
             # Results stay on the CPU like nnU-Net's OOM fallback; on CUDA nnU-Net would keep them on the GPU.
             results_device = torch.device("cpu")
             logits = torch.zeros((heads, *self.padded.shape[1:]), dtype=torch.half, device=results_device)
@@ -703,8 +706,6 @@ class _TileRun:
                 self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results_device
             )
             gaussian_fp32 = gaussian.float()  # exact: what fp32 * fp16 promotes it to
-            if self.options.runtime != "torch" and len(indices) > 0:
-                self.openvino = self.runtimes.openvino_for(self, device)
             for done, index in enumerate(indices):
                 _stop_if(self.should_cancel)
                 slicer = self.slicers[index]
