@@ -8,7 +8,8 @@ three demo experts with their real weights):
   3. a time target on the demo organs expert (half its measured forward time), re-measured afterwards;
      --ts-time also on the 3 mm TS network (measures its cost model on first use: minutes);
   4. per demo expert, at the parameter count of DF 0.3 and DF 0.2 and at the measured forward time of those
-     DF networks: mean Dice (and NSD) vs the original on 5 phantoms, uniform DF vs budgeted ranks (and VBMF).
+     DF networks: mean Dice (and NSD) vs the original on 5 phantoms, uniform DF vs budgeted ranks (params,
+     FLOPs, FLOPs with sensitivity weights from a calibration patch and rank >= 8, time) and VBMF.
 Timings are wall-clock medians on this machine; on a loaded machine they are noisy, which the output says.
 Usage: python scripts/bench_budgets.py [--plot budgets.png] [--ts-time] [--no-dice] [--threads 2]
 """
@@ -35,6 +36,7 @@ from tuckerscope.core.cli.compress import engine_for, load_experts  # noqa: E402
 from tuckerscope.core.compression.budgets import BudgetPlanner, Target  # noqa: E402
 from tuckerscope.core.compression.counting import count_network  # noqa: E402
 from tuckerscope.core.compression.ranks import df_ranks, ranks_of  # noqa: E402
+from tuckerscope.core.compression.sensitivity import layer_sensitivities  # noqa: E402
 from tuckerscope.core.compression.tucker import TuckerEngine  # noqa: E402
 from tuckerscope.core.evaluation.metrics import classes_from_names, compare  # noqa: E402
 from tuckerscope.core.evaluation.time_budget import CostModel, solve_time_target  # noqa: E402
@@ -44,13 +46,9 @@ from tuckerscope.core.models.model_folder import LoadedExpert, build_network  # 
 from tuckerscope.core.segmentation.segmenter import Segmenter  # noqa: E402
 
 TARGETS = np.geomspace(2.0, 100.0, 20)
-PHANTOM_SEEDS = (
-    900,
-    901,
-    902,
-    903,
-    904,
-)  # not training seeds (0-127) nor the training script's held-out ones
+# neither training seeds (0-127) nor the training script's held-out ones
+PHANTOM_SEEDS = (900, 901, 902, 903, 904)
+CALIBRATION_SEED = 950
 
 
 def ts_engine(task_id: int) -> TuckerEngine:
@@ -210,7 +208,17 @@ def mean_agreement(
     return float(np.mean(dice)), float(np.mean(nsd))
 
 
-def dice_comparison(setup: ForwardSetup) -> None:
+def calibration_patch(expert: LoadedExpert, seed: int = CALIBRATION_SEED) -> torch.Tensor:
+    """A central 40 x 48 x 56 crop of another phantom as the network sees it, for sensitivity weights."""
+    phantom = make_phantom(seed)
+    x = Segmenter(phantom.ct, phantom.affine).model_input(expert)
+    crop = tuple(
+        slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(x.shape[1:], (40, 48, 56), strict=True)
+    )
+    return x[(slice(None), *crop)][None].float().contiguous()
+
+
+def dice_comparison(setup: ForwardSetup, names: Sequence[str]) -> None:
     print(
         "\n4. mean Dice / NSD vs the original on 5 phantoms (seeds "
         + ", ".join(map(str, PHANTOM_SEEDS))
@@ -218,16 +226,23 @@ def dice_comparison(setup: ForwardSetup) -> None:
     )
     phantoms = [make_phantom(seed) for seed in PHANTOM_SEEDS]
     model = CostModel(setup)
-    for expert in load_experts("demo"):
+    for expert in [e for e in load_experts("demo") if not names or e.name in names]:
         engine = engine_for(expert)
         engine.factorise()
         planner = BudgetPlanner({expert.name: engine})
+        weights = {
+            (expert.name, k): w for k, w in layer_sensitivities(engine, calibration_patch(expert)).items()
+        }
+        weighted = BudgetPlanner({expert.name: engine}, min_rank=8, weights=weights)
         segmenters = [Segmenter(p.ct, p.affine) for p in phantoms]
         original = count_network(engine)
         for df in (0.3, 0.2):
             uniform = ranks_of(df_ranks(engine.layers, df))
             ratio = original.params / count_network(engine, uniform).params
+            flops_ratio = original.flops / count_network(engine, uniform).flops
             budget = planner.solve(Target("params", ratio))
+            by_flops = planner.solve(Target("flops", flops_ratio))
+            by_flops_weighted = weighted.solve(Target("flops", flops_ratio))
             seconds = compare_forward({"u": engine.compress(uniform)}, engine.input_shape, setup)[
                 "u"
             ].wall_seconds
@@ -235,6 +250,8 @@ def dice_comparison(setup: ForwardSetup) -> None:
             rows = {
                 f"uniform DF {df:g}": (uniform, f"({seconds:.2f} s measured)"),
                 f"budget params={ratio:.2f}x": (budget.ranks[expert.name], ""),
+                f"budget flops={flops_ratio:.2f}x": (by_flops.ranks[expert.name], ""),
+                "  + sensitivity, rank >= 8": (by_flops_weighted.ranks[expert.name], ""),
                 f"budget time={seconds:.2f}s": (
                     timed.ranks[expert.name],
                     f"({timed.achieved:.2f} s measured)",
@@ -260,6 +277,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path(tempfile.gettempdir()) / "tuckerscope_budgets.png")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ts-time", action="store_true", help="also a time target on the 3 mm TS network")
+    parser.add_argument("--dice-experts", nargs="*", default=[], help="demo experts to score (default: all)")
     parser.add_argument("--no-dice", action="store_true", help="skip the Dice comparison (minutes)")
     args = parser.parse_args()
     setup = ForwardSetup(threads=args.threads)
@@ -276,7 +294,7 @@ def main() -> None:
         name = next(n for n in engines if "3mm" in n)
         time_target(name, engines[name], setup)
     if not args.no_dice:
-        dice_comparison(setup)
+        dice_comparison(setup, args.dice_experts)
     print(f"\nmachine load (1 min) at the end {os.getloadavg()[0]:.1f}")
 
 

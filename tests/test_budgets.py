@@ -290,3 +290,14 @@ def test_layer_weights_move_the_budget_towards_the_weighted_layer(demo_engine) -
     weighted = BudgetPlanner({"x": demo_engine}, weights={("x", name): 50.0}).solve(Target("params", 10.0))
     ev = explained_variance(demo_engine.factors(name), *weighted.ranks["x"][name])
     assert ev > explained_variance(demo_engine.factors(name), *plain) and weighted.achieved >= 10.0
+
+
+def test_sensitivities_are_output_change_per_lost_energy(demo_engine) -> None:
+    from tuckerscope.core.compression.sensitivity import layer_sensitivities
+
+    torch.manual_seed(0)
+    calibration = torch.randn(1, 1, 16, 16, 16)
+    weights = layer_sensitivities(demo_engine, calibration)
+    assert set(weights) == set(demo_engine.layer_names)
+    assert all(w >= 0 for w in weights.values()) and np.mean(list(weights.values())) == pytest.approx(1.0)
+    assert len({round(w, 6) for w in weights.values()}) > len(weights) // 2  # measured, not a constant
