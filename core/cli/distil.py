@@ -285,8 +285,8 @@ def print_entry(name: str, entry: dict[str, Any], held_out: str) -> None:
     print(f"  loss curve: {' '.join(f'{v:.3f}' for v in picks)}")
     memory = entry["memory"]
     print(
-        f"  memory: estimated {memory['estimate_bytes'] / 1024**3:.2f} GiB "
-        f"(pool {memory['pool_bytes'] / 1024**3:.2f}), peak RSS {(memory['peak_rss_bytes'] or 0) / 1024**3:.2f} GiB"
+        f"  memory: estimated peak {memory['estimate_bytes'] / 1024**3:.2f} GiB (teacher pool "
+        f"{memory['pool_bytes'] / 1024**3:.2f}), measured peak RSS {(memory['peak_rss_bytes'] or 0) / 1024**3:.2f} GiB"
     )
     before, after = entry["agreement"]["zero-shot"], entry["agreement"]["distilled"]
     print(

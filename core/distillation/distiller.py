@@ -62,6 +62,7 @@ CHECKPOINT_FORMAT = "tuckerscope-distillation-checkpoint/1"
 GRADIENT_CLIP = 12.0
 ETA_WINDOW = 10
 PRECISIONS = ("fp32", "bf16")
+LOSS_TEMPORARIES = 6
 
 
 class DistillationError(UserError):
@@ -195,25 +196,40 @@ class StageSummary:
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """Bytes: estimated before the run (pool + parameters + activations) and the process's measured peak."""
+    """Bytes: estimated before the run and the process's measured peak.
 
+    The estimate adds to the process's resident memory when it was made (``baseline_bytes``: interpreter,
+    libraries, loaded models, in the window everything else it holds) the teacher pool, parameters, training
+    activations and the loss's logits-sized temporaries. Measured on TS's 3 mm network (117 classes) the
+    loss temporaries were a third of the peak, hence their own term.
+    """
+
+    baseline_bytes: int
     pool_bytes: int
     parameter_bytes: int
     activation_bytes: int
+    loss_bytes: int
     peak_rss_bytes: int | None = None
 
     @property
     def estimate_bytes(self) -> int:
-        return self.pool_bytes + self.parameter_bytes + self.activation_bytes
+        return (
+            self.baseline_bytes
+            + self.pool_bytes
+            + self.parameter_bytes
+            + self.activation_bytes
+            + self.loss_bytes
+        )
 
     def describe(self) -> str:
         gib = 1024**3
         text = (
-            f"estimated {self.estimate_bytes / gib:.2f} GiB (teacher pool {self.pool_bytes / gib:.2f}, parameters "
-            f"and optimiser {self.parameter_bytes / gib:.2f}, training activations {self.activation_bytes / gib:.2f})"
+            f"estimated peak {self.estimate_bytes / gib:.2f} GiB (process now {self.baseline_bytes / gib:.2f}, "
+            f"teacher pool {self.pool_bytes / gib:.2f}, parameters and optimiser {self.parameter_bytes / gib:.2f}, "
+            f"activations {self.activation_bytes / gib:.2f}, loss {self.loss_bytes / gib:.2f})"
         )
         if self.peak_rss_bytes is not None:
-            text += f"; process peak RSS {self.peak_rss_bytes / gib:.2f} GiB"
+            text += f"; measured peak RSS {self.peak_rss_bytes / gib:.2f} GiB"
         return text
 
 
@@ -505,15 +521,20 @@ class Distiller:
         """Pool entries, parameters (student: value, gradient, two Adam moments; teacher: values), activations.
 
         Activations: the original network's per-layer outputs on one patch, twice (forward values kept for
-        the backward pass, and their gradients), times the batch. The scan being preprocessed (one at a
-        time) is not included.
+        the backward pass, and their gradients), times the batch. Loss: LOSS_TEMPORARIES float32 tensors of
+        the logits' size per patch (teacher logits, log-softmaxes, softmax, one-hot target, gradients). The
+        scan being preprocessed (one at a time) is not included.
         """
         entries = len(self.data) * self.config.patches_per_scan
         teacher_params = sum(p.numel() for p in self.expert.network.parameters())
+        logits_bytes = self.layout.classes * self.layout.voxels * 4
+        baseline = process_memory_kb("VmRSS") * 1024 if os.path.exists("/proc/self/status") else 0
         return MemoryReport(
+            baseline_bytes=baseline,
             pool_bytes=entries * self.layout.entry_bytes,
             parameter_bytes=teacher_params * 4 * (1 + 4),
             activation_bytes=2 * self.layout.activation_bytes * self.config.batch_size,
+            loss_bytes=LOSS_TEMPORARIES * logits_bytes * self.config.batch_size,
         )
 
     # -- checkpoints ------------------------------------------------------------------------------------------
