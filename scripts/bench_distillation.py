@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patches-per-scan", type=int, default=2)
     parser.add_argument("--features", type=float, default=0.0, help="feature-matching weight")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--figure2", type=Path, metavar="PNG", help="figure 2 for one phantom, drawn into PNG")
+    parser.add_argument(
+        "--figure2", type=Path, metavar="PNG", help="figure 2 for one phantom, drawn into PNG"
+    )
     parser.add_argument("--steps-per-point", type=int, default=20)
     parser.add_argument(
         "--ts", type=int, nargs="*", help="TS task ids to time instead of the demo (291, 297)"
