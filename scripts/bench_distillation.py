@@ -106,19 +106,15 @@ def bench_figure2(expert: LoadedExpert, args: argparse.Namespace, patch: tuple[i
     from matplotlib import pyplot
 
     figure_, axes = pyplot.subplots(figsize=(6, 4))
+    colours = {"tucker": "tab:blue", "prune": "tab:red"}
     for name, points in figure.curves().items():
         style = "-" if "distilled" in name else "--"
-        axes.plot(
-            [p.compression_ratio for p in points],
-            [p.mean_dice for p in points],
-            style,
-            marker="o",
-            label=name,
-        )
+        ratios, dice = [p.compression_ratio for p in points], [p.mean_dice for p in points]
+        axes.plot(ratios, dice, style, color=colours[points[0].method], marker="o", label=name)
     axes.set_xscale("log")
     axes.set_xlabel("compression ratio (parameters, original / compressed)")
     axes.set_ylabel("mean Dice vs original")
-    axes.set_title(f"{expert.name}: {scan.description}, {args.steps_per_point} steps per distilled point")
+    axes.set_title(f"{expert.name}, one held-out phantom, {args.steps_per_point} steps per distilled point")
     axes.legend()
     axes.grid(True, alpha=0.3)
     figure_.tight_layout()
