@@ -272,11 +272,8 @@ def print_entry(name: str, entry: dict[str, Any], held_out: str) -> None:
     student = entry["student"]
     seconds = sum(s["train_seconds"] for s in entry["stages"])
     curve = entry["loss_curve"]
-    picks = (
-        [curve[round(i * (len(curve) - 1) / (CURVE_POINTS - 1))] for i in range(CURVE_POINTS)]
-        if curve
-        else []
-    )
+    points = min(CURVE_POINTS, len(curve))
+    picks = [curve[round(i * (len(curve) - 1) / max(1, points - 1))] for i in range(points)]
     print(
         f"{name}: {student['method']} DF {student['df']:g} ({student['compression_ratio']:.1f}x fewer parameters), "
         f"{entry['steps']} steps in {seconds:.0f} s ({seconds / max(1, entry['steps']):.2f} s/step), "
