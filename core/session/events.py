@@ -38,6 +38,7 @@ class SessionEvents:
         self.experts_changed = Event("experts_changed")  # ()
         self.compression_changed = Event("compression_changed")  # (expert): its DF, layer ranks or method
         self.network_changed = Event("network_changed")  # (expert): its compressed network was rebuilt
+        self.recovery_changed = Event("recovery_changed")  # (expert): a distilled network arrived (Recover)
         self.sizes_changed = Event("sizes_changed")  # (expert): its parameter and FLOP figures
         self.heatmaps_changed = Event("heatmaps_changed")  # (): explained-variance grids of every expert
         self.timing_changed = Event("timing_changed")  # (TimingResult | None)

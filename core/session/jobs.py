@@ -22,12 +22,14 @@ from tuckerscope.core.session.session import CompressionResult, ExpertTiming, Se
 
 
 def compression_job(session: Session, name: str) -> Callable[[], CompressionResult]:
-    """Build one expert's compressed network at its current setting and count both networks."""
+    """Build one expert's compressed network at its current setting and count both networks (a distilled
+    network shown instead of the zero-shot one is used as it is: same architecture, same figures)."""
     run = session.expert(name).run()
+    distilled = session.distilled_network(name)
 
     def build() -> CompressionResult:
         start = time.perf_counter()
-        network = run.build()
+        network = distilled if distilled is not None else run.build()
         seconds = time.perf_counter() - start
         size = ExpertSize.of(name, run.df, run.costs(), run.method)
         return CompressionResult(name, run.rank_key, network, seconds, size)

@@ -43,6 +43,9 @@ def compressed_title(session: Session) -> str:
     pruned = [name for name, e in experts.items() if e.method == "prune" and not e.is_full_rank()]
     if pruned:
         text += " · pruned: " + ", ".join(pruned) if len(pruned) < len(experts) else " · pruned"
+    distilled = [name for name, e in experts.items() if e.show_distilled]
+    if distilled:
+        text += " · distilled: " + ", ".join(distilled) if len(distilled) < len(experts) else " · distilled"
     stale = "" if session.compressed_is_current() else " (updating…)"
     return f"Compressed · {text}{stale}"
 

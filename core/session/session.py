@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -32,6 +33,9 @@ from tuckerscope.core.segmentation.expert_run import ExpertRun, RankKey, check_m
 from tuckerscope.core.segmentation.live_segmentation import SegmentationPlan, SegmentationUpdate
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter, slab_roi
 from tuckerscope.core.session.events import SessionEvents
+
+if TYPE_CHECKING:
+    from tuckerscope.core.session.recovery import RecoveryResult
 
 RGB = tuple[int, int, int]
 SLAB_HALF_WIDTH = 6  # slices either side of the one on screen that are segmented first
@@ -107,6 +111,7 @@ class ExpertModel:
     df: float = 1.0
     overrides: dict[str, tuple[int, int]] = field(default_factory=dict)
     method: str = "tucker"  # 'tucker' or 'prune' (the paper's baseline at the same parameter budget)
+    distilled_for: RankKey | None = None  # the setting whose distilled network (Recover) the compressed side runs
 
     @property
     def name(self) -> str:
@@ -123,9 +128,18 @@ class ExpertModel:
             for layer, ranks in zip(self.engine.layers, self.ranks().values(), strict=True)
         )
 
-    def rank_key(self) -> RankKey:
-        """Identifies the compressed network: equal keys, equal networks."""
+    def base_key(self) -> RankKey:
+        """Identifies the compression setting, zero-shot or distilled alike."""
         return (round(self.df, 6), tuple(sorted(self.overrides.items())), self.method)
+
+    @property
+    def show_distilled(self) -> bool:
+        """Distilled is shown at the setting it was chosen at (moving the slider away shows zero-shot)."""
+        return self.distilled_for is not None and self.distilled_for == self.base_key()
+
+    def rank_key(self) -> RankKey:
+        """Identifies the compressed network: equal keys, equal networks (a distilled one differs)."""
+        return (*self.base_key(), "distilled") if self.show_distilled else self.base_key()
 
     def run(self) -> ExpertRun:
         """The expert at its current setting, as the CLI runs it too (None ranks: full rank)."""
@@ -141,6 +155,7 @@ class AgreementResult:
     comparison: Comparison
     rows: list[tuple[ClassInfo, ClassScore]]  # worst first
     summary: str
+    rank_keys: tuple[tuple[str, RankKey], ...] = ()  # the settings scored (zero-shot and distilled differ)
 
 
 @dataclass(frozen=True)
@@ -207,6 +222,8 @@ class Session:
         self.display_compressed: np.ndarray | None = None
         self.positions: dict[int, tuple[int, int, int]] = {}
         self.agreement: AgreementResult | None = None
+        self.agreements: dict[tuple[tuple[str, RankKey], ...], AgreementResult] = {}  # by settings scored
+        self.recoveries: dict[str, RecoveryResult] = {}  # distilled networks (Recover), one per expert
         self.networks: dict[str, tuple[RankKey, nn.Module]] = {}  # compressed networks built so far
         self.sizes: dict[str, ExpertSize] = {}
         self.build_seconds: dict[str, float] = {}
@@ -243,6 +260,7 @@ class Session:
         self.source = source
         self.volume_token += 1
         self.networks, self.sizes, self.build_seconds, self.heatmaps = {}, {}, {}, {}
+        self.recoveries = {}
         self.timing = None
         self._clear_segmentations()
         self.events.experts_changed.emit()
@@ -270,6 +288,24 @@ class Session:
             expert.method = method
             self.events.compression_changed.emit(name)
 
+    def set_distilled(self, name: str, shown: bool) -> None:
+        """Compressed side of one expert: its distilled network (Recover's, at this setting) or zero-shot."""
+        expert = self.expert(name)
+        if shown and self.distilled_network(name, required=False) is None:
+            raise SessionError(f"{name} has no distilled network at this setting: press Recover first")
+        if bool(shown) != expert.show_distilled:
+            expert.distilled_for = expert.base_key() if shown else None
+            self.events.compression_changed.emit(name)
+
+    def distilled_network(self, name: str, required: bool = True) -> nn.Module | None:
+        """The distilled network of ``name``'s current setting; with ``required``, only while it is shown."""
+        expert, recovery = self.expert(name), self.recoveries.get(name)
+        if recovery is None or recovery.rank_key != expert.base_key():
+            return None
+        if required and not expert.show_distilled:
+            return None
+        return recovery.network
+
     def expert(self, name: str) -> ExpertModel:
         if name not in self.experts:
             raise SessionError(f"no expert named {name!r}; loaded: {', '.join(self.experts) or 'none'}")
@@ -289,6 +325,7 @@ class Session:
         self.display_original = self.display_compressed = None
         self.positions = {}
         self.agreement = None
+        self.agreements = {}
 
     # ----- results of background jobs (UI thread) -----------------------------------------------------------
     def apply_compression(self, result: CompressionResult) -> bool:
@@ -304,6 +341,16 @@ class Session:
         self.build_seconds[result.expert] = result.seconds
         self.events.network_changed.emit(result.expert)
         self.events.sizes_changed.emit(result.expert)
+        return True
+
+    def apply_recovery(self, result: RecoveryResult) -> bool:
+        """Keep a distilled network and show it; False if the expert's setting moved on since it started."""
+        expert = self.experts.get(result.expert)
+        if expert is None or expert.base_key() != result.rank_key:
+            return False
+        self.recoveries[result.expert] = result
+        self.events.recovery_changed.emit(result.expert)
+        self.set_distilled(result.expert, True)
         return True
 
     def apply_heatmaps(self, heatmaps: dict[str, list[LayerHeatmap]]) -> None:
@@ -357,9 +404,12 @@ class Session:
             roi=roi,
             roi_description=description,
             networks={
-                run.name: self.networks[run.name][1]
-                for run in runs
-                if run.name in self.networks and self.networks[run.name][0] == run.rank_key
+                **{
+                    run.name: self.networks[run.name][1]
+                    for run in runs
+                    if run.name in self.networks and self.networks[run.name][0] == run.rank_key
+                },
+                **{n: net for n in self.experts if (net := self.distilled_network(n)) is not None},
             },
             options=self.inference,
         )
@@ -415,7 +465,7 @@ class Session:
         maps = self.merged_maps()
         if self.volume is None or maps is None or self.source is None:
             return None
-        token = self.volume_token
+        token, keys = self.volume_token, tuple(self.rank_keys().items())
         spacing = self.volume.grid.input_spacing
         refs = class_refs(self.source, list(self.experts))
         infos = {(c.label, c.expert): c for c in self.classes}
@@ -427,7 +477,7 @@ class Session:
                 comparison = runner.run(compare, *maps, spacing, refs, cancel=cancel)
             rows = [(infos[(s.label, s.expert)], s) for s in comparison.scores]
             rows.sort(key=lambda row: (row[1].dice, row[1].nsd, row[0].name))
-            return AgreementResult(token, comparison, rows, summarise_agreement(rows))
+            return AgreementResult(token, comparison, rows, summarise_agreement(rows), keys)
 
         return run
 
@@ -435,6 +485,7 @@ class Session:
         if result.volume_token != self.volume_token:
             return False
         self.agreement = result
+        self.agreements[result.rank_keys] = result
         self.events.agreement_changed.emit(result)
         return True
 
