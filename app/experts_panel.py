@@ -57,6 +57,13 @@ class ExpertRow(QtWidgets.QWidget):
             "Tucker: the paper's decomposition at this DF. Pruning: the paper's baseline, output channels of "
             "smallest L2 norm zeroed until the parameters match Tucker's at this DF"
         )
+        self.recover_button = QtWidgets.QToolButton(text="Recover")
+        self.recover_button.setToolTip(
+            f"Distil {name}'s compressed network from its original on this CT, in the background (Recover panel)"
+        )
+        self.distilled_check = QtWidgets.QCheckBox("distilled")
+        self.distilled_check.setToolTip("Compressed side: the distilled network (ticked) or zero-shot")
+        self.distilled_check.setVisible(False)  # shown once a distilled network exists at this setting
         self.figures = QtWidgets.QLabel("…")
         wrapped_label_of_fixed_height(self.figures, 2)
         self.figures.setStyleSheet("color: palette(mid);")
@@ -65,6 +72,11 @@ class ExpertRow(QtWidgets.QWidget):
         layout.addWidget(title, 0, 0)
         layout.addWidget(self.method_combo, 0, 1, QtCore.Qt.AlignmentFlag.AlignRight)
         layout.addWidget(self.slider, 1, 0, 1, 2)
+        recovery = QtWidgets.QHBoxLayout()
+        recovery.addWidget(self.recover_button)
+        recovery.addWidget(self.distilled_check)
+        recovery.addStretch(1)
+        layout.addLayout(recovery, 3, 0, 1, 2)
         layout.addWidget(self.figures, 2, 0, 1, 2)
 
     @property
@@ -82,6 +94,8 @@ class ExpertsPanel(QtWidgets.QWidget):
     methodChanged = QtCore.Signal(dict)  # {expert: 'tucker' | 'prune'} (every expert when linked)
     visibilityChanged = QtCore.Signal(set)  # labels to show
     classActivated = QtCore.Signal(int)  # label double-clicked: jump the views to it
+    recoverRequested = QtCore.Signal(str)  # expert: distil its compressed network (Recover)
+    distilledToggled = QtCore.Signal(str, bool)  # expert, show its distilled network
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -122,6 +136,8 @@ class ExpertsPanel(QtWidgets.QWidget):
             row = ExpertRow(expert.name, dfs.get(expert.name, DF_MAX))
             row.slider.valueChanged.connect(lambda value, n=expert.name: self._on_slider(n, value))
             row.method_combo.activated.connect(lambda _index, n=expert.name: self._on_method(n))
+            row.recover_button.clicked.connect(lambda _checked=False, n=expert.name: self.recoverRequested.emit(n))
+            row.distilled_check.clicked.connect(lambda shown, n=expert.name: self.distilledToggled.emit(n, shown))
             self.rows_box.addWidget(row)
             self.rows[expert.name] = row
         self.class_tree.blockSignals(True)
@@ -157,6 +173,13 @@ class ExpertsPanel(QtWidgets.QWidget):
 
     def dfs(self) -> dict[str, float]:
         return {name: round(float(row.slider.value()), 4) for name, row in self.rows.items()}
+
+    def set_recovery(self, expert: str, available: bool, shown: bool) -> None:
+        """The distilled toggle: visible when a distilled network exists at the expert's setting."""
+        row = self.rows.get(expert)
+        if row is not None:
+            row.distilled_check.setVisible(available)
+            row.distilled_check.setChecked(shown)
 
     def set_figures(self, expert: str, text: str) -> None:
         if expert in self.rows:
