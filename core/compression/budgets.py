@@ -329,9 +329,6 @@ class BudgetPlanner:
         self._fronts: dict[str, dict[LayerKey, Frontier]] = {}
         self._original = {name: count_network(engine) for name, engine in self.engines.items()}
 
-    def layer_keys(self) -> list[LayerKey]:
-        return [(name, layer.name) for name, engine in self.engines.items() for layer in engine.layers]
-
     def frontiers(
         self, cost_name: str, cost_of: CostGrid, value: Literal["weighted", "energy"] = "weighted"
     ) -> dict[LayerKey, Frontier]:
