@@ -15,6 +15,7 @@ import torch
 
 from tiny_model import write_tiny_model
 from tuckerscope.core.cli import main as cli
+from tuckerscope.core.cli.distil import print_entry
 from tuckerscope.core.compression.tucker_conv import TuckerConv
 from tuckerscope.core.distillation.data import Scan, ScanSource
 from tuckerscope.core.distillation.distiller import DistilConfig, DistillationError, Distiller
@@ -247,6 +248,9 @@ def test_cli_writes_a_model_folder_that_loads(model_folder, tmp_path, distil_onl
     assert manifest["distillation"]["steps"] == 2 and manifest["df"] == 0.3
     assert not list(tmp_path.glob(".out.partial-*"))
     assert (tmp_path / "out.checkpoints" / "tiny.pth").is_file()
+    print_entry("tiny", entry, report["held_out"])  # the text report reads the same entry
+    text = capsys.readouterr().out
+    assert "loss curve:" in text and "Dice vs original on" in text and "saved to" in text
 
 
 def test_cli_bad_inputs_are_one_line_errors_and_write_nothing(model_folder, tmp_path, distil_only, capsys):
