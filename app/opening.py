@@ -57,7 +57,7 @@ class Opener:
 
     def open_phantom(self, seed: int) -> None:
         self.lanes["volume"].submit(
-            lambda context: make_phantom_case(seed, context.progress),
+            lambda context: make_phantom_case(seed, context.progress, self.session.original_cache),
             JobCallbacks(
                 lambda case: self.session.set_volume(case.volume, case.segmenter),
                 on_error=lambda error, details: self.show_error("Could not make the phantom", error, details),
@@ -78,7 +78,8 @@ class Opener:
             self.show_error(f"Could not open {path.name}", error, details)
 
         self.lanes["volume"].submit(
-            lambda context: load_ct(path, context.progress, context.cancel), JobCallbacks(loaded, on_error=failed)
+            lambda context: load_ct(path, context.progress, context.cancel, self.session.original_cache),
+            JobCallbacks(loaded, on_error=failed),
         )
 
     def open_models(self, source: str) -> None:

@@ -121,11 +121,20 @@ def run_segmentation(
     }
     located = not plan.need_original  # class positions already known
     networks: dict[str, nn.Module] = dict(plan.networks)
+    # Originals the Segmenter holds (in memory, or on disk from an earlier session) need no pass, not even
+    # the slab's preprocessing: a reopened CT shows them at once.
+    for run in plan.runs:
+        if run.name in plan.need_original:
+            cached = plan.segmenter.cached_original(run.expert, plan.options)
+            if cached is not None:
+                originals[run.name] = cached
+                complete_originals.add(run.name)
+    need_original = plan.need_original - complete_originals
     work = [
         (run, side)
         for side in ("original", "compressed")
         for run in plan.runs
-        if run.name in (plan.need_original if side == "original" else plan.work_compressed)
+        if run.name in (need_original if side == "original" else plan.work_compressed)
     ]
     stages = (["slab"] if plan.roi is not None else []) + ["volume"]
     steps = max(len(work) * len(stages), 1)
@@ -176,6 +185,8 @@ def run_segmentation(
         )
 
     last_step = (len(stages) - 1, len(work) - 1)
+    if work and len(need_original) < len(plan.need_original):
+        partial(update("volume", False, "originals from the cache, the rest filling in"))
     for stage_index, stage in enumerate(stages):
         if stage == "slab" and compressed_cancel():
             continue  # superseded: nobody will see this slab, go straight to the cached originals

@@ -37,6 +37,7 @@ class SessionEvents:
         self.volume_changed = Event("volume_changed")  # ()
         self.experts_changed = Event("experts_changed")  # ()
         self.compression_changed = Event("compression_changed")  # (expert): its DF, layer ranks or method
+        self.target_changed = Event("target_changed")  # (scope): a target asked, solved, or dropped
         self.network_changed = Event("network_changed")  # (expert): its compressed network was rebuilt
         self.recovery_changed = Event("recovery_changed")  # (expert): a distilled network arrived (Recover)
         self.sizes_changed = Event("sizes_changed")  # (expert): its parameter and FLOP figures

@@ -13,12 +13,19 @@ from collections.abc import Callable
 
 from tuckerscope.core.compression.explained_variance import all_heatmaps
 from tuckerscope.core.evaluation.counts import ExpertSize
+from tuckerscope.core.evaluation.time_budget import solve_target
 from tuckerscope.core.evaluation.timing import ForwardSetup, compare_forward
 from tuckerscope.core.outputs.report import LayerHeatmap
 from tuckerscope.core.runtime.errors import Cancelled
 from tuckerscope.core.runtime.progress import ProgressCallback
 from tuckerscope.core.segmentation.expert_run import input_shape
-from tuckerscope.core.session.session import CompressionResult, ExpertTiming, Session, TimingResult
+from tuckerscope.core.session.session import (
+    BudgetOutcome,
+    CompressionResult,
+    ExpertTiming,
+    Session,
+    TimingResult,
+)
 
 
 def compression_job(session: Session, name: str) -> Callable[[], CompressionResult]:
@@ -35,6 +42,33 @@ def compression_job(session: Session, name: str) -> Callable[[], CompressionResu
         return CompressionResult(name, run.rank_key, network, seconds, size)
 
     return build
+
+
+def budget_job(session: Session, scope: str) -> Callable[[ProgressCallback, threading.Event], BudgetOutcome]:
+    """Solve the target asked for ``scope`` (core.evaluation.time_budget.solve_target, as the CLI does).
+
+    Parameter, FLOP, energy and VBMF targets take milliseconds; a time target times forward passes on this
+    machine (the session's threads, fp32, as segmentation runs) and measures each new layer shape once (cached
+    on disk), so it must never run on the UI thread. Its timings cannot be interrupted: a cancel drops the
+    result when the solver returns.
+    """
+    spec, token = session.targets[scope], session.models_token
+    engines = {name: session.experts[name].engine for name in session.scope_experts(scope)}
+    setup = ForwardSetup(device=session.inference.device, threads=session.inference.threads)
+
+    def run(progress: ProgressCallback, cancel: threading.Event) -> BudgetOutcome:
+        progress(0.0, f"solving {spec} for {scope}")
+        start = time.perf_counter()
+
+        def timing(done: int, total: int, layer: str) -> None:
+            progress(done / max(total, 1), f"timing {layer} (once per machine and layer shape)")
+
+        result = solve_target(engines, spec, setup, progress=timing)
+        if cancel.is_set():
+            raise Cancelled("target superseded")
+        return BudgetOutcome(token, scope, spec, result, time.perf_counter() - start)
+
+    return run
 
 
 def heatmaps_job(

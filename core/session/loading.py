@@ -25,6 +25,7 @@ from tuckerscope.core.outputs.exports import label_styles
 from tuckerscope.core.runtime.errors import Cancelled
 from tuckerscope.core.runtime.progress import ProgressCallback, no_progress
 from tuckerscope.core.segmentation.expert_run import input_shape
+from tuckerscope.core.segmentation.original_cache import OriginalCache
 from tuckerscope.core.segmentation.segmenter import Segmenter
 from tuckerscope.core.session.session import CaseVolume, ClassInfo, ExpertModel
 
@@ -49,25 +50,33 @@ class LoadedModels:
     experts: list[ExpertModel]
 
 
-def make_phantom_case(seed: int, progress: ProgressCallback = no_progress) -> LoadedCase:
-    """The demo's synthetic CT, with its ground truth."""
+def make_phantom_case(
+    seed: int, progress: ProgressCallback = no_progress, original_cache: OriginalCache | None = None
+) -> LoadedCase:
+    """The demo's synthetic CT, with its ground truth (``original_cache``: originals kept on disk)."""
     progress(0.1, f"generating phantom (seed {seed})")
     phantom = make_phantom(seed)
     volume = CaseVolume.from_array(phantom.ct, phantom.affine, f"phantom (seed {seed})", phantom.labels)
-    return LoadedCase(volume, Segmenter(volume.data, volume.affine))
+    return LoadedCase(volume, Segmenter(volume.data, volume.affine, original_cache=original_cache))
 
 
 def load_ct(
-    path: Path, progress: ProgressCallback = no_progress, cancel: threading.Event | None = None
+    path: Path,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    original_cache: OriginalCache | None = None,
 ) -> LoadedCase:
-    """A NIfTI file or DICOM series folder, with the warnings loading it raised (e.g. an MR volume)."""
+    """A NIfTI file or DICOM series folder, with the warnings loading it raised (e.g. an MR volume).
+
+    With an ``original_cache`` the case's Segmenter finds originals segmented in an earlier session."""
     progress(0.1, f"reading {path.name}")
     loaded = load_volume(path)
     if cancel is not None and cancel.is_set():
         raise Cancelled("loading cancelled")
     progress(0.8, "preparing the display")
     volume = CaseVolume.from_array(loaded.data, loaded.affine, path.name)
-    return LoadedCase(volume, Segmenter(volume.data, volume.affine), tuple(loaded.warnings))
+    segmenter = Segmenter(volume.data, volume.affine, original_cache=original_cache)
+    return LoadedCase(volume, segmenter, tuple(loaded.warnings))
 
 
 def resolve_model_source(name: str) -> ModelSource:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import nn
 
+from tuckerscope.core.compression.budgets import BudgetResult, parse_target
 from tuckerscope.core.compression.ranks import check_df, df_ranks, ranks_of, with_overrides
 from tuckerscope.core.compression.tucker import TuckerEngine
 from tuckerscope.core.evaluation.case_run import class_refs
@@ -31,6 +32,7 @@ from tuckerscope.core.runtime.errors import UserError
 from tuckerscope.core.runtime.processes import IsolatedRunner
 from tuckerscope.core.segmentation.expert_run import ExpertRun, RankKey, check_method
 from tuckerscope.core.segmentation.live_segmentation import SegmentationPlan, SegmentationUpdate
+from tuckerscope.core.segmentation.original_cache import OriginalCache
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter, slab_roi
 from tuckerscope.core.session.events import SessionEvents
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from tuckerscope.core.session.recovery import RecoveryResult
 
 RGB = tuple[int, int, int]
+ALL_EXPERTS = "all experts"  # the scope of a target for the whole model (the experts' budgets pooled)
 SLAB_HALF_WIDTH = 6  # slices either side of the one on screen that are segmented first
 # TS classes (and the demo's) that wrap the trunk: in 3D their shells hide every organ inside them.
 BODY_WALL_CLASSES = frozenset(
@@ -111,6 +114,10 @@ class ExpertModel:
     df: float = 1.0
     overrides: dict[str, tuple[int, int]] = field(default_factory=dict)
     method: str = "tucker"  # 'tucker' or 'prune' (the paper's baseline at the same parameter budget)
+    # A solved budget replaces the DF rule: its spec ('params=10x'), its scope (the expert or ALL) and ranks.
+    target: str | None = None
+    target_scope: str = ""
+    target_ranks: dict[str, tuple[int, int]] | None = None
     distilled_for: RankKey | None = None  # the setting whose distilled network (Recover) the compressed side runs
 
     @property
@@ -118,9 +125,14 @@ class ExpertModel:
         return self.loaded.name
 
     def ranks(self) -> dict[str, tuple[int, int]]:
-        """Every layer's (r_out, r_in): the DF rule, then the per-layer overrides."""
+        """Every layer's (r_out, r_in): the DF rule or the solved budget, then the per-layer overrides."""
         layers = self.engine.layers
+        if self.target_ranks is not None:
+            return {**self.target_ranks, **self.overrides}
         return ranks_of(with_overrides(df_ranks(layers, self.df), self.overrides, layers))
+
+    def clear_target(self) -> None:
+        self.target, self.target_scope, self.target_ranks = None, "", None
 
     def is_full_rank(self) -> bool:
         return all(
@@ -130,7 +142,10 @@ class ExpertModel:
 
     def base_key(self) -> RankKey:
         """Identifies the compression setting, zero-shot or distilled alike."""
-        return (round(self.df, 6), tuple(sorted(self.overrides.items())), self.method)
+        overrides = tuple(sorted(self.overrides.items()))
+        if self.target is not None:
+            return ("target", self.target, self.target_scope, overrides, self.method)
+        return (round(self.df, 6), overrides, self.method)
 
     @property
     def show_distilled(self) -> bool:
@@ -144,7 +159,7 @@ class ExpertModel:
     def run(self) -> ExpertRun:
         """The expert at its current setting, as the CLI runs it too (None ranks: full rank)."""
         ranks = None if self.is_full_rank() else self.ranks()
-        return ExpertRun(self.loaded, self.engine, ranks, self.rank_key(), self.method, self.df)
+        return ExpertRun(self.loaded, self.engine, ranks, self.rank_key(), self.method, self.df, self.target)
 
 
 @dataclass(frozen=True)
@@ -188,6 +203,22 @@ class ExpertTiming:
 
 
 @dataclass(frozen=True)
+class BudgetOutcome:
+    """A solved target for one scope (an expert, or ALL_EXPERTS), for the model set it was solved on."""
+
+    models_token: int
+    scope: str
+    spec: str  # the target as parse_target describes it: 'params=10x', 'time=1.5s', 'vbmf'
+    result: BudgetResult
+    seconds: float  # solver wall time (time targets include the confirming forward timings)
+
+    @property
+    def summary(self) -> str:
+        """What the target control shows beside the asked value: achieved vs asked, or why it was not met."""
+        return self.result.message + ("" if self.result.met else " (nearest reachable ranks shown)")
+
+
+@dataclass(frozen=True)
 class TimingResult:
     rows: list[ExpertTiming]
     setup: str  # device, precision, threads
@@ -205,8 +236,10 @@ class Session:
     emits the event of the field it changed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, original_cache: OriginalCache | None = None) -> None:
         self.events = SessionEvents()
+        # originals on disk (the window's): a reopened CT shows its originals without running the networks
+        self.original_cache = original_cache
         self.volume: CaseVolume | None = None
         self.experts: dict[str, ExpertModel] = {}
         self.model_source = ""
@@ -230,12 +263,15 @@ class Session:
         self.heatmaps: dict[str, list[LayerHeatmap]] = {}
         self.timing: TimingResult | None = None  # the last forward-time measurement
         self.inference = InferenceOptions()  # how live segmentations run (device, precision, threads)
+        self.models_token = 0  # bumped per model set: a budget solved for older experts is dropped
+        self.targets: dict[str, str] = {}  # scope -> target asked (being solved, or solved in budgets)
+        self.budgets: dict[str, BudgetOutcome] = {}  # scope -> its solved target
 
     # ----- state changes (UI thread) ------------------------------------------------------------------------
     def set_volume(self, volume: CaseVolume, segmenter: Segmenter | None = None) -> None:
         """Show a new CT. Pass a Segmenter built in a worker: building one copies the CT as float64."""
         self.volume = volume
-        self.segmenter = segmenter or Segmenter(volume.data, volume.affine)
+        self.segmenter = segmenter or Segmenter(volume.data, volume.affine, original_cache=self.original_cache)
         self.volume_token += 1
         self._clear_segmentations()
         self.events.volume_changed.emit()
@@ -259,6 +295,8 @@ class Session:
         self.model_source = name
         self.source = source
         self.volume_token += 1
+        self.models_token += 1
+        self.targets, self.budgets = {}, {}
         self.networks, self.sizes, self.build_seconds, self.heatmaps = {}, {}, {}, {}
         self.recoveries = {}
         self.timing = None
@@ -269,10 +307,75 @@ class Session:
         expert = self.expert(name)
         df = float(df)
         check_df(df)
-        if df != expert.df:
+        if df != expert.df or expert.target is not None or name in self.targets:
             expert.df = df
             expert.overrides.clear()
+            self._drop_target(expert)
             self.events.compression_changed.emit(name)
+
+    # ----- budgets ------------------------------------------------------------------------------------------
+    def scope_experts(self, scope: str) -> list[str]:
+        """The experts a target scope covers: one expert, or every expert for ALL_EXPERTS."""
+        if scope == ALL_EXPERTS:
+            if not self.experts:
+                raise SessionError("load a model first")
+            return list(self.experts)
+        return [self.expert(scope).name]
+
+    def set_target(self, scope: str, text: str) -> None:
+        """Ask for a budget ('params=10x', 'flops=8x', 'time=1.5s', 'energy=0.9', 'vbmf') for one expert or
+        ALL_EXPERTS; '' goes back to the DF sliders. A bad target raises BudgetError (a UserError) and nothing
+        changes. The solver runs as a job (jobs.budget_job, started on target_changed); apply_budget stores it."""
+        names = self.scope_experts(scope)
+        if not text.strip():
+            self.targets.pop(scope, None)
+            self.budgets.pop(scope, None)
+            for name in names:
+                expert = self.experts[name]
+                if expert.target is not None and (scope != ALL_EXPERTS or expert.target_scope == ALL_EXPERTS):
+                    self._drop_target(expert)
+                    self.events.compression_changed.emit(name)
+            self.events.target_changed.emit(scope)
+            return
+        spec = parse_target(text).describe()
+        self.targets[scope] = spec
+        self.budgets.pop(scope, None)
+        self.events.target_changed.emit(scope)
+
+    def apply_budget(self, outcome: BudgetOutcome) -> bool:
+        """Use a solved target's ranks; False if the models or the target asked changed since."""
+        if outcome.models_token != self.models_token or self.targets.get(outcome.scope) != outcome.spec:
+            return False
+        self.budgets[outcome.scope] = outcome
+        names = [name for name in outcome.result.experts if name in self.experts]
+        for name in names:
+            expert = self.experts[name]
+            if expert.target is not None and expert.target_scope != outcome.scope:
+                self._forget(expert.target_scope)  # its earlier budget no longer describes what is shown
+            expert.target, expert.target_scope = outcome.spec, outcome.scope
+            expert.target_ranks = dict(outcome.result.experts[name].ranks)
+            expert.overrides.clear()
+        self.events.target_changed.emit(outcome.scope)
+        for name in names:
+            self.events.compression_changed.emit(name)
+        return True
+
+    def forget_target(self, scope: str) -> None:
+        """A target whose solve failed: nothing was applied, the control goes back to what is shown."""
+        self._forget(scope)
+
+    def _drop_target(self, expert: ExpertModel) -> None:
+        """The expert goes back to its DF; the target it was under (its own, or the pooled one) is forgotten."""
+        if expert.target is not None and expert.target_scope != expert.name:
+            self._forget(expert.target_scope)
+        self._forget(expert.name)
+        expert.clear_target()
+
+    def _forget(self, scope: str) -> None:
+        if scope in self.targets or scope in self.budgets:
+            self.targets.pop(scope, None)
+            self.budgets.pop(scope, None)
+            self.events.target_changed.emit(scope)
 
     def set_layer_ranks(self, name: str, layer: str, r_out: int, r_in: int) -> None:
         expert = self.expert(name)
