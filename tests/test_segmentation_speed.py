@@ -220,3 +220,16 @@ def test_segment_profile_prints_every_stage(folder, ct, tmp_path, capsys, monkey
     for stage in ("read", "load experts", "tiles (network)", "aggregation", "argmax", "resample back", "write"):
         assert f"  {stage} " in printed
     assert "user" in printed and "kernel" in printed
+
+
+def test_tile_outputs_are_contiguous_for_the_per_class_aggregation(expert, ct):
+    """A channels_last_3d network (compressed experts on the CPU) hands its output over in plain layout: per-class
+    views of a channel-interleaved tile made the aggregation ten times slower."""
+    from tuckerscope.core.segmentation.segmenter import _TileRun
+
+    prepared = Segmenter(*ct)._prepare(expert, recipe_for(expert))
+    run = _TileRun(prepared, expert.network, InferenceOptions(channels_last=True), lambda: False)
+    assert run.channels_last
+    with run._network_on(torch.device("cpu")), torch.inference_mode():
+        output = run._predict_tile(run.slicers[0], torch.device("cpu"))
+    assert output.is_contiguous()

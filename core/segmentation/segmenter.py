@@ -747,7 +747,9 @@ class _TileRun:
             tile = tile.to(memory_format=torch.channels_last_3d)
         with _autocast(device, self.options.precision):
             output = self.prepared.predictor._internal_maybe_mirror_and_predict(tile)[0]
-        return output.to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
+        # .contiguous(): a channels_last_3d output stays channel-interleaved through .to(memory_format=...), and
+        # the per-class aggregation over such strided views took ten times as long
+        return output.to(device="cpu", dtype=torch.float32).contiguous()
 
     def _maybe_cache(self, index: int, prediction: torch.Tensor) -> None:
         size = prediction.numel() * prediction.element_size()
