@@ -10,6 +10,11 @@ from tuckerscope.app.style import wrapped_label_of_fixed_height
 from tuckerscope.app.tables import fill_table, read_only_table
 
 COLUMNS = ("class", "expert", "Dice", "NSD", "voxels orig", "voxels comp", "status")
+# once an expert has been distilled (Recover) and both sides were scored: zero-shot beside distilled
+PAIRED_COLUMNS = (
+    "class", "expert", "Dice zero-shot", "NSD zero-shot", "Dice distilled", "NSD distilled",
+    "voxels orig", "voxels comp", "status",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class AgreementRow:
     voxels_original: int
     voxels_compressed: int
     status: str
+    zero_shot: tuple[float, float] | None = None  # (Dice, NSD) of the zero-shot network, beside distilled ones
 
 
 def quality_colour(value: float) -> QtGui.QColor:
@@ -57,22 +63,22 @@ class AgreementPanel(QtWidgets.QWidget):
         """Rows arrive worst first; the order is kept (the table is not user-sortable, on purpose)."""
         self.rows = list(rows)
         self.summary.setText(summary)
+        paired = any(row.zero_shot is not None for row in self.rows)
+        columns = PAIRED_COLUMNS if paired else COLUMNS
+        if self.table.columnCount() != len(columns):
+            self.table.setColumnCount(len(columns))
+            self.table.setHorizontalHeaderLabels(list(columns))
+        scores = [(*(row.zero_shot or (float("nan"),) * 2), row.dice, row.nsd) if paired else (row.dice, row.nsd)
+                  for row in self.rows]  # fmt: skip
         cells = [
-            (
-                row.name,
-                row.expert,
-                f"{row.dice:.3f}",
-                f"{row.nsd:.3f}",
-                str(row.voxels_original),
-                str(row.voxels_compressed),
-                row.status,
-            )
-            for row in self.rows
-        ]
+            (row.name, row.expert, *(f"{v:.3f}" for v in values), str(row.voxels_original),
+             str(row.voxels_compressed), row.status)
+            for row, values in zip(self.rows, scores, strict=True)
+        ]  # fmt: skip
 
         def colour(r: int, c: int, item: QtWidgets.QTableWidgetItem) -> None:
-            if c in (2, 3):
-                item.setForeground(quality_colour(self.rows[r].dice if c == 2 else self.rows[r].nsd))
+            if 2 <= c < 2 + len(scores[r]):
+                item.setForeground(quality_colour(scores[r][c - 2]))
 
         fill_table(self.table, cells, colour)
 

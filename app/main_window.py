@@ -26,6 +26,7 @@ from tuckerscope.app.launch_args import LaunchRequest, parse_launch_args
 from tuckerscope.app.menus import FileDialogs, build_menus
 from tuckerscope.app.opening import Opener
 from tuckerscope.app.recent_files import RecentFiles
+from tuckerscope.app.recovery_actions import RecoveryController
 from tuckerscope.app.session_views import SessionViews
 from tuckerscope.app.slice_views import PLANES, SlicePairView
 from tuckerscope.app.status_bar import ProgressStatus
@@ -62,6 +63,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.error_box: QtWidgets.QMessageBox | None = None  # the last error dialog (tests look at it)
         self.warning_box: QtWidgets.QMessageBox | None = None
         self._build_views()
+        self.recovery = RecoveryController(self)  # the Recover dock, lane and buttons (before the View menu)
         self.compute = Compute(
             self.session,
             visible_slice=lambda: (PLANES[self.slice_view.plane].slice_axis, self.slice_view.slice_index),
@@ -79,6 +81,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self, self.opener, FileDialogs(self, self.opener, self.recent_cts), self.recent_cts,
             self.recent_models, self.exports.add_to_menu, self.docks.values(), self.open_demo,
         )  # fmt: skip
+        self.recovery.add_menu(self.menuBar())
         self._watch_progress()
         self._connect()
         self.stored.restore_layout(self)
@@ -267,6 +270,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802
         self.stored.save(self, self.session)
         self.compute.close()
+        self.recovery.close()
         self.surface_view.close_vtk()
         super().closeEvent(event)
 

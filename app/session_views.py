@@ -21,7 +21,12 @@ from tuckerscope.app.timing_panel import TimingPanel
 from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.core.session import policy
 from tuckerscope.core.session.api import SegmentationUpdate
+from tuckerscope.core.session.recovery import agreement_pair
 from tuckerscope.core.session.session import AgreementResult, Session, TimingResult
+
+
+def mean_dice(result: AgreementResult) -> float:
+    return sum(score.dice for _, score in result.rows) / max(1, len(result.rows))
 
 
 class Views(Protocol):
@@ -111,14 +116,19 @@ class SessionViews:
     def on_agreement_changed(self, result: AgreementResult | None) -> None:
         if result is None:
             return
+        zero_shot, distilled = agreement_pair(self.session)  # both once Recover ran and both sides were scored
+        before, summary = {}, result.summary
+        if zero_shot is not None and distilled is not None:
+            result, before = distilled, {(i.label, i.expert): (s.dice, s.nsd) for i, s in zero_shot.rows}
+            summary = f"Distilled: {distilled.summary} · zero-shot mean Dice {mean_dice(zero_shot):.3f}"
         rows = [
             AgreementRow(
                 info.label, info.name, info.expert, score.dice, score.nsd,
-                score.reference_voxels, score.prediction_voxels, score.status,
+                score.reference_voxels, score.prediction_voxels, score.status, before.get((info.label, info.expert)),
             )
             for info, score in result.rows
         ]  # fmt: skip
-        self.views.agreement_panel.set_rows(rows, result.summary)
+        self.views.agreement_panel.set_rows(rows, summary)
 
     def on_meshes(self, side: str, surfaces: dict) -> None:
         view = self.views.surface_view

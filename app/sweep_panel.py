@@ -1,4 +1,5 @@
-"""DF sweep view: agreement with the original (Dice or NSD) against parameters and against measured time.
+"""DF sweep view: agreement with the original (Dice or NSD) against parameters and against measured time; its
+second tab is the paper's Figure 2 for this scan (figure2_view: Tucker and pruning, zero-shot and distilled).
 
 One curve per expert, a point per DF, labelled with its DF; the original sits at agreement 1.0 as a hollow
 marker, so each curve reads from "as trained" to "most compressed". The sweep runs in a JobLane (core's
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
+from tuckerscope.app.figure2_view import Figure2View
 from tuckerscope.app.style import configure_pyqtgraph
 from tuckerscope.app.workers import JobCallbacks, JobContext, JobLane
 from tuckerscope.core.session.api import (
@@ -105,7 +107,8 @@ class SweepPanel(QtWidgets.QWidget):
         controls.addWidget(self.metric_box)
         controls.addWidget(self.run_button)
         controls.addWidget(self.cancel_button)
-        layout = QtWidgets.QVBoxLayout(self)
+        page = QtWidgets.QWidget()
+        layout = QtWidgets.QVBoxLayout(page)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(controls)
         progress_row = QtWidgets.QHBoxLayout()
@@ -113,6 +116,13 @@ class SweepPanel(QtWidgets.QWidget):
         progress_row.addWidget(self.status, 2)
         layout.addLayout(progress_row)
         layout.addWidget(self.plots, 1)
+        self.figure2 = Figure2View()
+        self.tabs = QtWidgets.QTabWidget()
+        self.tabs.addTab(page, "DF sweep")
+        self.tabs.addTab(self.figure2, "Figure 2 (distilled)")
+        outer = QtWidgets.QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.tabs)
         self.lane.progressChanged.connect(self._on_progress)
         self._set_running(False)
 

@@ -64,7 +64,7 @@ def test_recovery_is_applied_and_the_toggle_switches_the_compressed_labels(demo,
     refresh(session)
     zero_shot = session.compressed["organs"].copy()
     steps = []
-    run, earlier = recovery_job(session, "organs", FAST, tmp_path)
+    run, earlier, _ = recovery_job(session, "organs", FAST, tmp_path)
     assert earlier == []
     result = run(lambda f, m: None, steps.append, NEVER)
     assert [s.record.step for s in steps] == [1, 2] and all(s.eta_seconds >= 0 for s in steps)
@@ -95,7 +95,7 @@ def test_recovery_is_applied_and_the_toggle_switches_the_compressed_labels(demo,
 
 def test_a_result_for_an_old_setting_is_dropped(demo, tmp_path):
     session = demo_session(demo)
-    run, _ = recovery_job(session, "organs", FAST, tmp_path)
+    run, _, _ = recovery_job(session, "organs", FAST, tmp_path)
     session.set_df("organs", 0.3)
     assert not session.apply_recovery(run(lambda f, m: None, lambda s: None, NEVER))
     assert session.recoveries == {}
@@ -104,7 +104,7 @@ def test_a_result_for_an_old_setting_is_dropped(demo, tmp_path):
 def test_cancel_keeps_a_checkpoint_and_recover_again_resumes_from_it(demo, tmp_path):
     session = demo_session(demo)
     cancel = threading.Event()
-    run, _ = recovery_job(session, "organs", RecoverySettings(**{**FAST.__dict__, "steps": 3}), tmp_path)
+    run, _, _ = recovery_job(session, "organs", RecoverySettings(**{**FAST.__dict__, "steps": 3}), tmp_path)
 
     def on_step(report):
         if report.record.step == 1:
@@ -112,7 +112,7 @@ def test_cancel_keeps_a_checkpoint_and_recover_again_resumes_from_it(demo, tmp_p
 
     with pytest.raises(Cancelled):
         run(lambda f, m: None, on_step, cancel)
-    run, earlier = recovery_job(session, "organs", FAST, tmp_path)
+    run, earlier, _ = recovery_job(session, "organs", FAST, tmp_path)
     assert len(earlier) == 1  # the cancelled run's one step
     steps = []
     result = run(lambda f, m: None, steps.append, NEVER)
@@ -124,7 +124,7 @@ def test_repeated_runs_free_the_previous_distilled_network(demo, tmp_path):
     session = demo_session(demo)
     refs = []
     for seed in (0, 1, 2):
-        run, _ = recovery_job(session, "organs", RecoverySettings(**{**FAST.__dict__, "seed": seed}), tmp_path)
+        run, _, _ = recovery_job(session, "organs", RecoverySettings(**{**FAST.__dict__, "seed": seed}), tmp_path)
         result = run(lambda f, m: None, lambda s: None, NEVER)
         refs.append(weakref.ref(result.network))
         assert session.apply_recovery(result)

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_DFS",
     "Figure2",
     "Figure2Point",
+    "RecoveryPlan",
     "RecoveryResult",
     "RecoverySettings",
     "StepReport",
@@ -90,10 +91,16 @@ class RecoveryResult:
 RecoveryRun = Callable[[ProgressCallback, Callable[[StepReport], None], threading.Event], RecoveryResult]
 
 
+class RecoveryPlan(NamedTuple):
+    run: RecoveryRun  # for a worker thread: (progress, on_step, cancel) -> RecoveryResult
+    earlier: list[float]  # the losses of the checkpoint it resumes from (empty: a fresh run)
+    data: str  # what it distils on, in words
+
+
 def recovery_job(
     session: Session, name: str, settings: RecoverySettings, checkpoint_dir: Path
-) -> tuple[RecoveryRun, list[float]]:
-    """(a worker function distilling ``name`` at its current setting, the losses a resumed run starts from)."""
+) -> RecoveryPlan:
+    """A worker function distilling ``name`` at its current setting (resuming its checkpoint if any)."""
     expert = session.expert(name)
     if session.volume is None:
         raise SessionError("open a CT first: Recover distils on the loaded CT")
@@ -139,7 +146,7 @@ def recovery_job(
             result.summary(),
         )
 
-    return run, earlier
+    return RecoveryPlan(run, earlier, data.description)
 
 
 def recovery_data(session: Session, settings: RecoverySettings) -> ScanSource:
