@@ -28,7 +28,7 @@ from tuckerscope.core.session.api import (
     run_segmentation,
 )
 from tuckerscope.core.session.export import session_sweep_backend
-from tuckerscope.core.session.jobs import compression_job, heatmaps_job, timing_job
+from tuckerscope.core.session.jobs import budget_job, compression_job, heatmaps_job, timing_job
 from tuckerscope.core.session.session import Session, TimingResult
 
 LANES = (
@@ -41,8 +41,9 @@ LANES = (
     "heatmaps",
     "timing",
     "sweep_setup",
+    "budget",
 )
-CANCELLABLE_LANES = ("volume", "models", "segment", "timing")
+CANCELLABLE_LANES = ("volume", "models", "segment", "timing", "budget")
 VisibleSlice = Callable[[], tuple[int, int]]  # (display axis, slice index) on screen now
 
 
@@ -89,6 +90,7 @@ class Compute(QtCore.QObject):
         events.volume_changed.connect(self._on_volume_changed)
         events.experts_changed.connect(self._on_experts_changed)
         events.compression_changed.connect(self._on_compression_changed)
+        events.target_changed.connect(self.solve_targets)
         events.segmentation_changed.connect(self._on_segmentation_changed)
         events.agreement_changed.connect(lambda _result: self._maybe_time_automatically())
 
@@ -164,6 +166,30 @@ class Compute(QtCore.QObject):
         lane.submit(
             lambda _context: build(),
             JobCallbacks(self.session.apply_compression, on_error=self.error_handler("Compression failed")),
+        )
+
+    def solve_targets(self, _scope: str = "") -> None:
+        """Every target asked and not solved yet, in the budget lane (time targets time forward passes).
+
+        One job solves all pending scopes: the lane is latest-wins, and a job for one scope must not drop
+        another's."""
+        session = self.session
+        pending = [scope for scope in session.targets if scope not in session.budgets]
+        if not pending:
+            return
+        runs = [budget_job(session, scope) for scope in pending]
+
+        def forget() -> None:
+            for scope in pending:
+                session.forget_target(scope)
+
+        def failed(error: Exception, details: str) -> None:
+            forget()
+            self.failed.emit("Could not solve the target", error, details)
+
+        self.lanes["budget"].submit(
+            lambda context: [run(context.progress, context.cancel) for run in runs],
+            JobCallbacks(lambda outcomes: [*map(session.apply_budget, outcomes)], on_error=failed, on_cancelled=forget),
         )
 
     # ----- views computed from the segmentations ------------------------------------------------------------

@@ -14,6 +14,8 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 from superqt import QLabeledDoubleSlider
 
 from tuckerscope.app.style import wrapped_label_of_fixed_height
+from tuckerscope.app.target_control import TargetControl
+from tuckerscope.core.session.session import ALL_EXPERTS
 
 DF_MIN, DF_MAX, DF_STEP = 0.05, 1.0, 0.01
 METHOD_LABELS = {"tucker": "Tucker", "prune": "Pruning"}
@@ -64,6 +66,7 @@ class ExpertRow(QtWidgets.QWidget):
         self.distilled_check = QtWidgets.QCheckBox("distilled")
         self.distilled_check.setToolTip("Compressed side: the distilled network (ticked) or zero-shot")
         self.distilled_check.setVisible(False)  # shown once a distilled network exists at this setting
+        self.target = TargetControl()  # a budget instead of the DF (issue 14)
         self.figures = QtWidgets.QLabel("…")
         wrapped_label_of_fixed_height(self.figures, 2)
         self.figures.setStyleSheet("color: palette(mid);")
@@ -76,8 +79,9 @@ class ExpertRow(QtWidgets.QWidget):
         recovery.addWidget(self.recover_button)
         recovery.addWidget(self.distilled_check)
         recovery.addStretch(1)
-        layout.addLayout(recovery, 3, 0, 1, 2)
-        layout.addWidget(self.figures, 2, 0, 1, 2)
+        layout.addLayout(recovery, 4, 0, 1, 2)
+        layout.addWidget(self.target, 2, 0, 1, 2)
+        layout.addWidget(self.figures, 3, 0, 1, 2)
 
     @property
     def method(self) -> str:
@@ -94,6 +98,7 @@ class ExpertsPanel(QtWidgets.QWidget):
     methodChanged = QtCore.Signal(dict)  # {expert: 'tucker' | 'prune'} (every expert when linked)
     visibilityChanged = QtCore.Signal(set)  # labels to show
     classActivated = QtCore.Signal(int)  # label double-clicked: jump the views to it
+    targetRequested = QtCore.Signal(str, str)  # scope (an expert or ALL_EXPERTS), target spec ('' = the DF)
     recoverRequested = QtCore.Signal(str)  # expert: distil its compressed network (Recover)
     distilledToggled = QtCore.Signal(str, bool)  # expert, show its distilled network
 
@@ -106,6 +111,9 @@ class ExpertsPanel(QtWidgets.QWidget):
         self._visibility_timer.timeout.connect(lambda: self.visibilityChanged.emit(self.visible_labels()))
         self.link_check = QtWidgets.QCheckBox("Link all sliders")
         self.link_check.setToolTip("Move every expert's DF together")
+        self.all_target = TargetControl("All experts")
+        self.all_target.setToolTip("One budget for the whole model: the experts share it")
+        self.all_target.requested.connect(lambda spec: self.targetRequested.emit(ALL_EXPERTS, spec))
         self.rows_box = QtWidgets.QVBoxLayout()
         self.rows_box.setSpacing(0)
         self.class_tree = QtWidgets.QTreeWidget()
@@ -122,6 +130,7 @@ class ExpertsPanel(QtWidgets.QWidget):
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.link_check)
+        layout.addWidget(self.all_target)
         layout.addLayout(self.rows_box)
         layout.addWidget(self.class_tree, 1)
         layout.addLayout(buttons)
@@ -136,6 +145,7 @@ class ExpertsPanel(QtWidgets.QWidget):
             row = ExpertRow(expert.name, dfs.get(expert.name, DF_MAX))
             row.slider.valueChanged.connect(lambda value, n=expert.name: self._on_slider(n, value))
             row.method_combo.activated.connect(lambda _index, n=expert.name: self._on_method(n))
+            row.target.requested.connect(lambda spec, n=expert.name: self.targetRequested.emit(n, spec))
             row.recover_button.clicked.connect(lambda _checked=False, n=expert.name: self.recoverRequested.emit(n))
             row.distilled_check.clicked.connect(lambda shown, n=expert.name: self.distilledToggled.emit(n, shown))
             self.rows_box.addWidget(row)

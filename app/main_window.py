@@ -39,7 +39,7 @@ from tuckerscope.app.window_settings import WindowSettings
 from tuckerscope.app.workers import JobLane
 from tuckerscope.core.runtime.errors import UserError
 from tuckerscope.core.runtime.memory import retain_for_interactive_use
-from tuckerscope.core.session.api import ExportBundle, LabelMeshes
+from tuckerscope.core.session.api import ExportBundle, LabelMeshes, OriginalCache
 from tuckerscope.core.session.export import session_bundle
 from tuckerscope.core.session.session import Session
 
@@ -59,7 +59,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.recent_cts = RecentFiles(self.settings, "recent/cts")
         self.recent_models = RecentFiles(self.settings, "recent/models")
         self.stored = WindowSettings(self.settings)
-        self.session = Session()
+        self.session = Session(original_cache=OriginalCache())  # reopened CTs show their originals at once
         self.error_box: QtWidgets.QMessageBox | None = None  # the last error dialog (tests look at it)
         self.warning_box: QtWidgets.QMessageBox | None = None
         self._build_views()
@@ -79,7 +79,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.exports = ExportActions(self, self.export_bundle)
         self.menus = build_menus(
             self, self.opener, FileDialogs(self, self.opener, self.recent_cts), self.recent_cts,
-            self.recent_models, self.exports.add_to_menu, self.docks.values(), self.open_demo,
+            self.recent_models, self.exports.add_to_menu, self.docks.values(), self.open_demo, self.session,
         )  # fmt: skip
         self.recovery.add_menu(self.menuBar())
         self._watch_progress()
@@ -140,6 +140,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.experts_panel.methodChanged.connect(self._on_method_changed)
         self.experts_panel.visibilityChanged.connect(self._on_visibility_changed)
         self.experts_panel.classActivated.connect(self.jump_to_class)
+        self.experts_panel.targetRequested.connect(
+            lambda scope, spec: self._ask("Cannot use this target", session.set_target, scope, spec)
+        )
         self.agreement_panel.classActivated.connect(self.jump_to_class)
         self.heatmap_panel.layerRanksRequested.connect(
             lambda expert, layer, r_out, r_in: self._ask(

@@ -22,7 +22,7 @@ from tuckerscope.app.volume_3d import SurfacePairView
 from tuckerscope.core.session import policy
 from tuckerscope.core.session.api import SegmentationUpdate
 from tuckerscope.core.session.recovery import agreement_pair
-from tuckerscope.core.session.session import AgreementResult, Session, TimingResult
+from tuckerscope.core.session.session import ALL_EXPERTS, AgreementResult, Session, TimingResult
 
 
 def mean_dice(result: AgreementResult) -> float:
@@ -53,6 +53,7 @@ class SessionViews:
         events.volume_changed.connect(self.on_volume_changed)
         events.experts_changed.connect(self.on_experts_changed)
         events.compression_changed.connect(self.on_compression_changed)
+        events.target_changed.connect(self.on_target_changed)
         events.sizes_changed.connect(self.on_sizes_changed)
         events.heatmaps_changed.connect(self.on_heatmaps_changed)
         events.timing_changed.connect(self.on_timing_changed)
@@ -80,6 +81,7 @@ class SessionViews:
         views.slice_view.set_label_table(policy.class_names(session), colours)
         views.surface_view.set_label_table(colours)
         views.heatmap_panel.clear()
+        self.on_target_changed(ALL_EXPERTS)  # a new model set starts at its DFs
         views.figures_panel.set_figures([])
         self.clear()
         self.update_titles()
@@ -91,6 +93,18 @@ class SessionViews:
         self.views.heatmap_panel.set_ranks(name, expert.ranks())
         self.views.timing_panel.mark_stale(self.session.rank_keys())
         self.update_titles()
+        if expert.target_scope == ALL_EXPERTS:  # its ranks come from the pooled budget
+            self.views.experts_panel.rows[name].target.set_target(None)
+            self.views.experts_panel.rows[name].target.set_status(f"ranks from the all-experts {expert.target}")
+        elif expert.target is None and name not in self.session.targets:
+            self.on_target_changed(name)
+
+    def on_target_changed(self, scope: str) -> None:
+        """The control of a scope shows the target in force (or being solved) and achieved vs asked."""
+        panel = self.views.experts_panel
+        control = panel.all_target if scope == ALL_EXPERTS else panel.rows[scope].target
+        control.set_target(self.session.targets.get(scope))
+        control.set_status(*policy.target_status(self.session, scope))
 
     def on_sizes_changed(self, name: str) -> None:
         session = self.session

@@ -10,6 +10,15 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_DIR.parent / "shared"
 
 
+@pytest.fixture(autouse=True)
+def private_cache_folder(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own per-user cache folder (XDG_CACHE_HOME, read by platformdirs on each call): the
+    window keeps originals on disk, and one test's entries must never answer another's segmentation."""
+    folder = tmp_path_factory.mktemp("xdg_cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():

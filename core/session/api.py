@@ -8,6 +8,8 @@ holds.
 
 from __future__ import annotations
 
+from tuckerscope.core.cohorts.plan import CohortError
+from tuckerscope.core.cohorts.results import CohortView, open_results
 from tuckerscope.core.evaluation.counts import ExpertSize, with_total
 from tuckerscope.core.evaluation.metrics import DEFAULT_TOLERANCE_MM
 from tuckerscope.core.evaluation.sweep import (
@@ -25,6 +27,7 @@ from tuckerscope.core.outputs.report import LayerHeatmap, write_report
 from tuckerscope.core.outputs.surfaces import SMOOTHING_ITERATIONS, LabelMeshes, extract_label_meshes
 from tuckerscope.core.segmentation.expert_run import METHODS
 from tuckerscope.core.segmentation.live_segmentation import SegmentationUpdate, run_segmentation
+from tuckerscope.core.segmentation.original_cache import OriginalCache
 from tuckerscope.core.segmentation.segmenter import InferenceOptions
 
 __all__ = [
@@ -34,18 +37,22 @@ __all__ = [
     "PARTS",
     "SMOOTHING_ITERATIONS",
     "TS_TASKS",
+    "CohortError",
+    "CohortView",
     "ExpertSize",
     "ExportBundle",
     "ForwardSetup",
     "InferenceOptions",
     "LabelMeshes",
     "LayerHeatmap",
+    "OriginalCache",
     "SegmentationUpdate",
     "SweepBackend",
     "SweepError",
     "SweepPoint",
     "SweepResult",
     "extract_label_meshes",
+    "open_results",
     "report_content",
     "run_segmentation",
     "run_sweep",

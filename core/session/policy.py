@@ -7,7 +7,7 @@ scripts) without a window.
 from __future__ import annotations
 
 from tuckerscope.core.evaluation.counts import ExpertSize
-from tuckerscope.core.session.session import Session
+from tuckerscope.core.session.session import ExpertModel, Session
 
 # A drag restarts this timer; segmentation starts when it pauses this long.
 SEGMENT_DEBOUNCE_MS = 200
@@ -35,11 +35,11 @@ def should_time_automatically(session: Session) -> bool:
 def compressed_title(session: Session) -> str:
     """'Compressed · DF 0.20' when the experts agree, else each expert's DF; '(updating…)' while stale."""
     experts = session.experts
-    dfs = {round(e.df, 2) for e in experts.values()}
-    if len(dfs) == 1:
-        text = f"DF {dfs.pop():.2f}"
+    settings = {setting_label(e) for e in experts.values()}
+    if len(settings) == 1:
+        text = settings.pop()
     else:
-        text = ", ".join(f"{name} {e.df:.2f}" for name, e in experts.items())
+        text = ", ".join(f"{name} {setting_label(e).removeprefix('DF ')}" for name, e in experts.items())
     pruned = [name for name, e in experts.items() if e.method == "prune" and not e.is_full_rank()]
     if pruned:
         text += " · pruned: " + ", ".join(pruned) if len(pruned) < len(experts) else " · pruned"
@@ -48,6 +48,22 @@ def compressed_title(session: Session) -> str:
         text += " · distilled: " + ", ".join(distilled) if len(distilled) < len(experts) else " · distilled"
     stale = "" if session.compressed_is_current() else " (updating…)"
     return f"Compressed · {text}{stale}"
+
+
+def setting_label(expert: ExpertModel) -> str:
+    """'DF 0.20', or the target whose ranks the expert runs at ('params=10x')."""
+    return expert.target if expert.target is not None else f"DF {expert.df:.2f}"
+
+
+def target_status(session: Session, scope: str) -> tuple[str, bool]:
+    """What a target control says beside its value, and whether that is a warning: solving, achieved vs
+    asked, why it cannot be met, or '' while the scope runs at its DF."""
+    outcome = session.budgets.get(scope)
+    if outcome is not None:
+        return f"{outcome.summary} · solved in {outcome.seconds:.2g} s", not outcome.result.met
+    if scope in session.targets:
+        return f"solving {session.targets[scope]}…", False
+    return "", False
 
 
 def human(value: float, unit: str = "") -> str:
