@@ -233,3 +233,19 @@ def test_tile_outputs_are_contiguous_for_the_per_class_aggregation(expert, ct):
     with run._network_on(torch.device("cpu")), torch.inference_mode():
         output = run._predict_tile(run.slicers[0], torch.device("cpu"))
     assert output.is_contiguous()
+
+
+def test_openvino_export_traced_small_runs_the_full_patch(expert, tmp_path):
+    """The export traces a small input and OpenVINO re-infers the patch's shapes: same outputs as PyTorch."""
+    pytest.importorskip("openvino")
+    from tuckerscope.core.segmentation.runtimes import OpenVinoTiles, _small_example
+
+    shape = (1, 1, 64, 96, 64)
+    assert _small_example(shape) == (1, 1, 32, 32, 32)
+    tiles = OpenVinoTiles(expert.network, shape, "fp32", threads=1, folder=tmp_path)
+    tile = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        reference = expert.network.eval()(tile)
+    output = tiles(tile)
+    assert output.shape == reference.shape
+    assert float((output - reference).abs().max()) < 1e-3 * float(reference.abs().max())

@@ -108,11 +108,22 @@ class OpenVinoTiles:
         from tuckerscope.core.compression.tucker import with_plain_convs
 
         plain = with_plain_convs(network).eval().to("cpu", memory_format=torch.contiguous_format)
-        example = torch.zeros(self.input_shape)
-        with torch.no_grad(), warnings.catch_warnings():
-            # the conversion traces the network once; torch's tracer warns about shape checks that are constant here
-            warnings.simplefilter("ignore")
-            model = ov.convert_model(plain, example_input=example, input=[self.input_shape])
+        model = None
+        # Trace on a small input of the same layout (OpenVINO re-infers every shape from ``input``): a trace at the
+        # full patch held a whole forward pass's activations on top of the conversion. The full patch is the fallback.
+        for example_shape in (_small_example(self.input_shape), self.input_shape):
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    # torch's tracer warns about shape checks that are constant for this network
+                    warnings.simplefilter("ignore")
+                    model = ov.convert_model(
+                        plain, example_input=torch.zeros(example_shape), input=[self.input_shape]
+                    )
+                break
+            except Exception:  # noqa: BLE001 - any tracing failure on the small input: trace the full patch
+                if example_shape == self.input_shape:
+                    raise
+        assert model is not None
         self.folder.mkdir(parents=True, exist_ok=True)
         # saved under a temporary name, then renamed: a reader never meets a half-written export
         temporary = Path(tempfile.mkdtemp(dir=self.folder, prefix=".export-"))
@@ -136,6 +147,13 @@ class OpenVinoTiles:
                 self.request.cancel()
                 raise Cancelled("segmentation cancelled")
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+def _small_example(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The batch and channels of ``shape`` with each spatial size cut to its largest power-of-two divisor, at
+    most 32: a U-Net of total stride up to 32 (TS's) that accepts the patch accepts this too."""
+    spatial = [min(size & -size, 32, size) for size in shape[2:]]
+    return (*shape[:2], *spatial)
 
 
 def _ov_tensor(array: Any) -> Any:
