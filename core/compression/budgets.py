@@ -481,7 +481,7 @@ def energy_kept(engine: TuckerEngine, ranks: Mapping[str, tuple[int, int]]) -> f
     for layer in engine.layers:
         factors = engine.factors(layer.name)
         r_out, r_in = ranks.get(layer.name, (layer.out_channels, layer.in_channels))
-        kept += float(factors.energy[:r_out, :r_in].sum())
+        kept += float(factors.energy.numpy()[:r_out, :r_in].sum())
         total += factors.norm_sq
     return min(1.0, kept / total) if total > 0 else 1.0
 
