@@ -34,11 +34,13 @@ API (all arrays are nibabel-ordered (x, y, z) on the input grid; labels are the 
     for result in segmenter.segment_roi_first(expert, roi=slab_roi(volume_data.shape, 2, 15, 4)):
         show(result.labels, complete=result.complete)                 # ROI result first, then the full one
     labels = segment_with_expert(volume_data, affine, expert)         # one-shot convenience
+    Segmenter(volume_data, affine, profile=StageProfile(), original_cache=OriginalCache())
+        # profile: (stage, seconds) per pipeline step; original_cache: originals on disk across sessions
 
 ``progress(fraction, message)`` is called with a fraction in [0, 1]; ``cancel`` is a callable returning True or a
 ``threading.Event``; cancelling raises ``tuckerscope.core.runtime.errors.Cancelled`` before the next layer runs.
-``InferenceOptions`` selects device (cpu/cuda/mps), precision (fp32 is the reference; bf16 autocast on CPU), channels_last_3d and the
-torch thread count. A Segmenter is not thread-safe: drive it from one worker thread.
+``InferenceOptions`` selects device (cpu/cuda/mps), precision (fp32 is the reference; bf16 autocast on CPU), channels_last_3d, the
+torch thread count and the tile runtime (torch, openvino or auto; core.segmentation.runtimes). A Segmenter is not thread-safe: drive it from one worker thread.
 """
 
 from __future__ import annotations
