@@ -52,20 +52,25 @@ class Figure2View(QtWidgets.QWidget):
         self.progress.setRange(0, 1000)
         self.status = QtWidgets.QLabel("Load a CT and models to draw Figure 2.")
         self.status.setWordWrap(True)
-        self.plot = pg.PlotWidget(title="Figure 2 · agreement vs compression")
+        self.plots = pg.GraphicsLayoutWidget()
+        self.plot = self.plots.addPlot(row=0, col=0, title="Figure 2 · agreement vs compression")
         self.plot.setLogMode(x=True, y=False)
+        self.plot.setYRange(0.0, 1.02)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.setLabel("bottom", "compression ratio (parameters, original / compressed)")
         self.plot.setLabel("left", "mean Dice vs original")
         self.plot.showGrid(x=True, y=True, alpha=0.3)
         self.plot.setMenuEnabled(False)
-        self.legend = self.plot.addLegend(offset=(-8, -8))
+        self.legend = pg.LegendItem(colCount=len(CURVES))  # below the plot: it never hides a curve
+        self.plots.addItem(self.legend, row=1, col=0)
         self.curves = {}
         for name, (colour, dashed) in CURVES.items():
             style = QtCore.Qt.PenStyle.DashLine if dashed else QtCore.Qt.PenStyle.SolidLine
             self.curves[name] = self.plot.plot(
-                [], [], name=name, pen=pg.mkPen(colour, width=2, style=style), symbol="o" if dashed else "s",
+                [], [], pen=pg.mkPen(colour, width=2, style=style), symbol="o" if dashed else "s",
                 symbolBrush=None if dashed else colour, symbolPen=colour, symbolSize=7,
             )  # fmt: skip
+            self.legend.addItem(self.curves[name], name)
         controls = QtWidgets.QHBoxLayout()
         controls.addWidget(self.expert_combo)
         controls.addWidget(self.steps_spin)
@@ -78,7 +83,7 @@ class Figure2View(QtWidgets.QWidget):
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(controls)
         layout.addLayout(progress_row)
-        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.plots, 1)
         self.lane.progressChanged.connect(self._on_progress)
         self._set_running(False)
 

@@ -26,6 +26,7 @@ from tuckerscope.app.launch_args import LaunchRequest, parse_launch_args
 from tuckerscope.app.menus import FileDialogs, build_menus
 from tuckerscope.app.opening import Opener
 from tuckerscope.app.recent_files import RecentFiles
+from tuckerscope.app.recover_panel import RecoverPanel
 from tuckerscope.app.recovery_actions import RecoveryController
 from tuckerscope.app.session_views import SessionViews
 from tuckerscope.app.slice_views import PLANES, SlicePairView
@@ -63,7 +64,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.error_box: QtWidgets.QMessageBox | None = None  # the last error dialog (tests look at it)
         self.warning_box: QtWidgets.QMessageBox | None = None
         self._build_views()
-        self.recovery = RecoveryController(self)  # the Recover dock, lane and buttons (before the View menu)
+        self.recovery = RecoveryController(self)  # Recover's lane, buttons, toggles and Figure 2 source
         self.compute = Compute(
             self.session,
             visible_slice=lambda: (PLANES[self.slice_view.plane].slice_axis, self.slice_view.slice_index),
@@ -103,6 +104,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.timing_panel = TimingPanel()
         self.agreement_panel = AgreementPanel()
         self.sweep_panel = SweepPanel()
+        self.recover_panel = RecoverPanel()
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
         left, right = QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, QtCore.Qt.DockWidgetArea.RightDockWidgetArea
         for key, title, widget, area in (
@@ -112,6 +114,7 @@ class MainWindow(QtWidgets.QMainWindow):
             ("timing", "Forward-pass time", self.timing_panel, right),
             ("agreement", "Agreement with the original", self.agreement_panel, right),
             ("sweep", "DF sweep", self.sweep_panel, right),
+            ("recover", "Recover (distillation)", self.recover_panel, right),
         ):
             dock = QtWidgets.QDockWidget(title, self)
             dock.setObjectName(f"dock_{key}")
@@ -120,6 +123,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.docks[key] = dock
         self.tabifyDockWidget(self.docks["figures"], self.docks["timing"])
         self.tabifyDockWidget(self.docks["agreement"], self.docks["sweep"])
+        self.tabifyDockWidget(self.docks["sweep"], self.docks["recover"])
         self.docks["figures"].raise_()
         self.docks["agreement"].raise_()
         self.resizeDocks([self.docks["experts"]], [300], QtCore.Qt.Orientation.Horizontal)

@@ -48,6 +48,7 @@ class RecoverPanel(QtWidgets.QWidget):
         self.plot.setLabel("left", "loss")
         self.plot.showGrid(x=True, y=True, alpha=0.3)
         self.plot.setMenuEnabled(False)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.curve = self.plot.plot([], [], pen=pg.mkPen((80, 160, 255), width=2))
         controls = QtWidgets.QHBoxLayout()
         for widget in (self.expert_combo, self.minutes_spin, QtWidgets.QLabel("seed"), self.seed_spin):

@@ -1,5 +1,5 @@
-"""Recover in the window: the Recover dock, its lane, the experts panel's buttons and toggles, the Distil menu
-and the sweep panel's Figure 2 source.
+"""Recover in the window: the Recover dock's lane, the experts panel's buttons and toggles, the Distil menu and
+the sweep panel's Figure 2 source.
 
 One latest-wins lane runs one distillation at a time (Recover for another expert supersedes the run, which
 leaves its checkpoint); the status bar's Cancel stops it too. Each step reaches the panel as a partial result
@@ -31,26 +31,21 @@ class Window(Protocol):
     experts_panel: ExpertsPanel
     sweep_panel: SweepPanel
     progress_status: ProgressStatus
+    recover_panel: RecoverPanel
     docks: dict[str, QtWidgets.QDockWidget]
 
     def show_error(self, title: str, error: Exception, details: str) -> None: ...
 
 
 class RecoveryController(QtCore.QObject):
-    """Owns the Recover dock and lane; call ``add_menu`` once the menu bar has its File and View menus."""
+    """Runs Recover for the window's Recover dock; call ``add_menu`` once the menu bar has File and View."""
 
     def __init__(self, window: Window) -> None:
         super().__init__(window)  # type: ignore[arg-type]
         self.window, self.session = window, window.session
-        self.panel = RecoverPanel()
+        self.panel, self.dock = window.recover_panel, window.docks["recover"]
         self.lane = JobLane("recover", self)
         self.checkpoints = tempfile.TemporaryDirectory(prefix="tuckerscope-recover-")
-        dock = QtWidgets.QDockWidget("Recover (distillation)", window)  # type: ignore[arg-type]
-        dock.setObjectName("dock_recover")
-        dock.setWidget(self.panel)
-        window.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, dock)  # type: ignore[attr-defined]
-        window.tabifyDockWidget(window.docks["agreement"], dock)  # type: ignore[attr-defined]
-        window.docks["recover"] = self.dock = dock
         window.progress_status.watch(self.lane)
         window.progress_status.watch(window.sweep_panel.figure2.lane)
         self.panel.recoverRequested.connect(self.recover)
