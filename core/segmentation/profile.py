@@ -28,6 +28,7 @@ STAGES: tuple[str, ...] = (
     "reorient",
     "resample",
     "normalise",
+    "runtime setup",
     "tiles (network)",
     "aggregation",
     "argmax",

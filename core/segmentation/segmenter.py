@@ -699,7 +699,8 @@ class _TileRun:
         with self._network_on(device):
             if self.options.runtime != "torch" and len(indices) > 0:
                 # before the result buffers exist: exporting and compiling need their own memory for a moment
-                self.openvino = self.runtimes.openvino_for(self, device)
+                with timed_stage(self.profile, "runtime setup"):
+                    self.openvino = self.runtimes.openvino_for(self, device)
             # Results stay on the CPU like nnU-Net's OOM fallback; on CUDA nnU-Net would keep them on the GPU.
             results_device = torch.device("cpu")
             logits = torch.zeros((heads, *self.padded.shape[1:]), dtype=torch.half, device=results_device)
