@@ -19,9 +19,9 @@ from tuckerscope.core.distillation.distiller import CancelSignal, cancel_checker
 from tuckerscope.core.evaluation.metrics import Comparison, classes_from_names, compare
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.runtime.progress import ProgressCallback
 from tuckerscope.core.segmentation.segmenter import Segmenter
 
-ProgressCallback = Callable[[float, str], None]
 ORIGINAL = "original"
 
 
