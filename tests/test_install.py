@@ -24,6 +24,17 @@ def test_console_script_reports_version():
     assert result.stdout.startswith("tuckerscope ")
 
 
+def test_version_answers_without_importing_torch():
+    """Install checks run --version first: it must not pay seconds of torch import (the bundle's cold start)."""
+    code = (
+        "import sys; from tuckerscope.launcher import main; main(['--version']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("tuckerscope ")
+
+
 def test_unknown_subcommand_is_one_line_error():
     result = subprocess.run(
         [sys.executable, "-m", "tuckerscope.core.cli.main", "no-such-command"],
