@@ -14,14 +14,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pyqtgraph.Qt import QtCore, QtWidgets
 
 from tuckerscope.app.main_window import MainWindow
+from tuckerscope.core.session.recovery import agreement_pair
 
 
-def wait(app: QtWidgets.QApplication, done, timeout: float) -> None:
+def wait(app: QtWidgets.QApplication, done: Callable[[], bool], timeout: float) -> None:
     end = time.monotonic() + timeout
     while not done():
         if time.monotonic() > end:
@@ -76,12 +78,16 @@ def main() -> int:
     print(f"Recover organs: {result.describe}; {seconds:.0f} s wall; longest UI stall {max(gaps) * 1000:.0f} ms")
     wait(app, idle, 600)
     window.docks["recover"].raise_()
-    print(window.agreement_panel.summary.text())
+    zero_shot, distilled = agreement_pair(window.session)
+    for name, result in (("zero-shot", zero_shot), ("distilled", distilled)):
+        organs = [score.dice for info, score in result.rows if info.expert == "organs"]
+        print(f"{name}: organs mean Dice vs original {sum(organs) / len(organs):.4f} over {len(organs)} classes")
     shoot(app, args.out / "recover.png")
     window.docks["agreement"].raise_()
     shoot(app, args.out / "recover_agreement.png")
     if args.figure2:
         window.docks["sweep"].raise_()
+        window.resizeDocks([window.docks["sweep"]], [520], QtCore.Qt.Orientation.Vertical)
         window.sweep_panel.tabs.setCurrentWidget(window.sweep_panel.figure2)
         window.sweep_panel.figure2.steps_spin.setValue(args.figure2)
         window.sweep_panel.figure2.run_button.click()

@@ -56,6 +56,10 @@ def test_recover_button_runs_a_job_with_a_live_curve_and_the_toggle_switches_sid
     assert "distilled" in window.slice_view._compressed_title
     header = [window.agreement_panel.table.horizontalHeaderItem(c).text() for c in range(len(PAIRED_COLUMNS))]
     assert tuple(header) == PAIRED_COLUMNS  # zero-shot scored before, distilled now: both columns
+    menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Distil")
+    menu.aboutToShow.emit()
+    toggle = next(a for a in menu.actions() if a.text() == "Show distilled organs")
+    assert "Recover organs" in [a.text() for a in menu.actions()] and toggle.isChecked()
     row.distilled_check.click()  # back to zero-shot: re-segmented with the zero-shot network
     assert not window.session.experts["organs"].show_distilled
     assert window.session.plan_segmentation().need_compressed == {"organs"}
