@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ts_home import ALL_TASK_IDS, ts_results_folder  # noqa: E402
-from tuckerscope.core.cli.compress import engine_for, load_experts  # noqa: E402
+from tuckerscope.core.cli.compress import load_experts
 from tuckerscope.core.compression.budgets import BudgetPlanner, Target  # noqa: E402
 from tuckerscope.core.compression.counting import count_network  # noqa: E402
 from tuckerscope.core.compression.ranks import df_ranks, ranks_of  # noqa: E402
@@ -43,6 +43,7 @@ from tuckerscope.core.evaluation.time_budget import CostModel, solve_time_target
 from tuckerscope.core.evaluation.timing import ForwardSetup, compare_forward  # noqa: E402
 from tuckerscope.core.imaging.phantom import Phantom, make_phantom  # noqa: E402
 from tuckerscope.core.models.model_folder import LoadedExpert, build_network  # noqa: E402
+from tuckerscope.core.segmentation.expert_run import expert_engine  # noqa: E402
 from tuckerscope.core.segmentation.segmenter import Segmenter  # noqa: E402
 
 TARGETS = np.geomspace(2.0, 100.0, 20)
@@ -68,7 +69,7 @@ def architectures() -> dict[str, TuckerEngine]:
         for t in ALL_TASK_IDS
     }
     for expert in load_experts("demo"):
-        engines[f"demo {expert.name}"] = engine_for(expert)
+        engines[f"demo {expert.name}"] = expert_engine(expert, factorise=False)
     for engine in engines.values():
         engine.factorise()
     return engines
@@ -227,7 +228,7 @@ def dice_comparison(setup: ForwardSetup, names: Sequence[str]) -> None:
     phantoms = [make_phantom(seed) for seed in PHANTOM_SEEDS]
     model = CostModel(setup)
     for expert in [e for e in load_experts("demo") if not names or e.name in names]:
-        engine = engine_for(expert)
+        engine = expert_engine(expert, factorise=False)
         engine.factorise()
         planner = BudgetPlanner({expert.name: engine})
         weights = {

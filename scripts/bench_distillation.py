@@ -42,9 +42,10 @@ from tuckerscope.core.distillation.data import held_out_phantoms, phantom_source
 from tuckerscope.core.distillation.distiller import DistilConfig, Distiller
 from tuckerscope.core.distillation.figure2 import figure2
 from tuckerscope.core.distillation.losses import LossWeights
-from tuckerscope.core.distillation.students import expert_engine, make_student
+from tuckerscope.core.distillation.students import make_student
 from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, spec_from_folder
 from tuckerscope.core.runtime.memory import process_memory_kb
+from tuckerscope.core.segmentation.expert_run import expert_engine
 
 GIB = 1024**3
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ts_home import ts_results_folder
-from tuckerscope.core.cli.compress import engine_for, load_experts
+from tuckerscope.core.cli.compress import load_experts
 from tuckerscope.core.cli.main import main
 from tuckerscope.core.compression.budgets import (
     BudgetError,
@@ -34,12 +34,13 @@ from tuckerscope.core.evaluation.time_budget import (
 )
 from tuckerscope.core.evaluation.timing import ForwardSetup
 from tuckerscope.core.models.model_folder import build_network
+from tuckerscope.core.segmentation.expert_run import expert_engine
 
 
 @pytest.fixture(scope="module")
 def demo_engine() -> TuckerEngine:
     expert = next(e for e in load_experts("demo") if e.name == "organs")
-    engine = engine_for(expert)
+    engine = expert_engine(expert, factorise=False)
     engine.factorise()
     return engine
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from tiny_model import tiny_plans, write_tiny_model
-from tuckerscope.core.cli.compress import engine_for
 from tuckerscope.core.cli.main import main
 from tuckerscope.core.compression.counting import count_network
 from tuckerscope.core.compression.explained_variance import explained_variance, explained_variance_grid
@@ -33,6 +32,7 @@ from tuckerscope.core.compression.tucker_conv import TuckerConv
 from tuckerscope.core.evaluation.timing import ForwardSetup, TimingSetupError, compare_forward
 from tuckerscope.core.models.compressed_model import MANIFEST_NAME, CompressedModelError, save_compressed
 from tuckerscope.core.models.model_folder import load_expert, read_checkpoint, spec_from_folder
+from tuckerscope.core.segmentation.expert_run import expert_engine
 
 FEATURES = (16, 32, 48)
 
@@ -45,7 +45,7 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def engine(model_folder: Path) -> TuckerEngine:
     expert = load_expert(spec_from_folder(model_folder))
-    engine = engine_for(expert)
+    engine = expert_engine(expert, factorise=False)
     engine.factorise()
     return engine
 

@@ -21,9 +21,10 @@ from tuckerscope.core.distillation.data import Scan, ScanSource
 from tuckerscope.core.distillation.distiller import DistilConfig, DistillationError, Distiller
 from tuckerscope.core.distillation.losses import LossWeights
 from tuckerscope.core.distillation.saving import save_distilled
-from tuckerscope.core.distillation.students import expert_engine, make_student, trainable_copy
+from tuckerscope.core.distillation.students import make_student, trainable_copy
 from tuckerscope.core.models.model_folder import load_expert, spec_from_folder
 from tuckerscope.core.runtime.errors import Cancelled, UserError
+from tuckerscope.core.segmentation.expert_run import expert_engine
 
 PATCH = (16, 16, 16)
 

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from tuckerscope.core.cli.compress import add_model_argument, engine_for, load_experts
+from tuckerscope.core.cli.compress import add_model_argument, load_experts
 from tuckerscope.core.compression.counting import count_network
 from tuckerscope.core.compression.explained_variance import all_heatmaps
 from tuckerscope.core.compression.hooi import refine_with_hooi
@@ -23,6 +23,7 @@ from tuckerscope.core.evaluation.timing import PRECISIONS, ForwardSetup, compare
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import UserError
 from tuckerscope.core.runtime.memory import retain_freed_memory
+from tuckerscope.core.segmentation.expert_run import expert_engine
 
 RECOMPRESS_DFS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -107,7 +108,7 @@ def run_recompress(args: argparse.Namespace) -> int:
 
 
 def bench_recompress(expert: LoadedExpert, args: argparse.Namespace) -> dict[str, Any]:
-    engine = engine_for(expert)
+    engine = expert_engine(expert, factorise=False)
     factorise_seconds = engine.factorise()
     recompress: dict[str, float] = {}
     for df in RECOMPRESS_DFS:
@@ -167,7 +168,7 @@ def run_forward(args: argparse.Namespace) -> int:
 
 
 def bench_forward(expert: LoadedExpert, args: argparse.Namespace, setup: ForwardSetup) -> dict[str, Any]:
-    engine = engine_for(expert)
+    engine = expert_engine(expert, factorise=False)
     engine.factorise()
     shape = engine.input_shape
     if args.patch:

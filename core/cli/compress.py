@@ -236,14 +236,6 @@ def load_experts(model: str) -> list[LoadedExpert]:
         return [load_expert(spec) for spec in expert_specs(model)]
 
 
-def engine_for(expert: LoadedExpert) -> TuckerEngine:
-    """An engine on the network as nnU-Net runs it: one patch of the plans' size."""
-    channels = len(
-        expert.dataset_json.get("channel_names") or expert.dataset_json.get("modality") or {"0": "CT"}
-    )
-    return TuckerEngine(expert.network, (1, channels, *expert.patch_size))
-
-
 def parse_layer_options(values: list[str], expert_names: list[str]) -> dict[str, dict[str, tuple[int, int]]]:
     """'[EXPERT:]NAME=R_OUT,R_IN' options -> {expert: {layer: ranks}}."""
     result: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in expert_names}
@@ -274,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     names = [e.name for e in experts]
     dfs = parse_df_options(args.df, names)
     overrides = parse_layer_options(args.layer, names)
-    engines = {expert.name: engine_for(expert) for expert in experts}
+    engines = {expert.name: expert_engine(expert, factorise=False) for expert in experts}
     for engine in engines.values():
         engine.factorise()
     report: dict[str, Any] = {"experts": {}}

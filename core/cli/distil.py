@@ -34,9 +34,10 @@ from tuckerscope.core.distillation.data import (
 from tuckerscope.core.distillation.distiller import DistilConfig, Distiller, DistilResult
 from tuckerscope.core.distillation.losses import LossWeights
 from tuckerscope.core.distillation.saving import save_distilled
-from tuckerscope.core.distillation.students import METHODS, expert_engine, make_student
+from tuckerscope.core.distillation.students import METHODS, make_student
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled, UserError
+from tuckerscope.core.segmentation.expert_run import expert_engine
 
 DEFAULT_HELD_OUT_PHANTOMS = 5
 EXIT_CANCELLED = 130

@@ -41,6 +41,7 @@ from tuckerscope.core.models.model_folder import LoadedExpert, load_expert, read
 from tuckerscope.core.models.model_sources import ModelSource, resolve_source
 from tuckerscope.core.outputs.exports import atomic_outputs, write_text
 from tuckerscope.core.runtime.errors import UserError
+from tuckerscope.core.segmentation.expert_run import expert_engine
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter
 
 DONE, FAILED = "done", "failed"
@@ -230,11 +231,7 @@ def _expert(model: str, name: str) -> LoadedExpert:
 @functools.lru_cache(maxsize=8)
 def _engine(model: str, name: str) -> TuckerEngine:
     """On the network as nnU-Net runs it (one patch), factorised once per worker: slicing it per DF is instant."""
-    expert = _expert(model, name)
-    channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
-    engine = TuckerEngine(expert.network, (1, channels, *expert.patch_size))
-    engine.factorise()
-    return engine
+    return expert_engine(_expert(model, name))
 
 
 @functools.lru_cache(maxsize=32)

@@ -51,11 +51,12 @@ from tuckerscope.core.distillation.pool import (
     stage_outputs,
     trace_layout,
 )
-from tuckerscope.core.distillation.students import METHODS, Method, Student, expert_engine, make_student
+from tuckerscope.core.distillation.students import METHODS, Method, Student, make_student
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled, UserError
 from tuckerscope.core.runtime.memory import process_memory_kb
 from tuckerscope.core.runtime.progress import ProgressCallback
+from tuckerscope.core.segmentation.expert_run import expert_engine
 
 CancelSignal = Callable[[], bool] | threading.Event | None
 CHECKPOINT_FORMAT = "tuckerscope-distillation-checkpoint/1"

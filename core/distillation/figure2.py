@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, field, replace
 from tuckerscope.core.distillation.agreement import agreement_with_original
 from tuckerscope.core.distillation.data import ScanSource
 from tuckerscope.core.distillation.distiller import CancelSignal, DistilConfig, Distiller, cancel_checker
-from tuckerscope.core.distillation.students import METHODS, Method, expert_engine, make_student
+from tuckerscope.core.distillation.students import METHODS, Method, make_student
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled
 from tuckerscope.core.runtime.progress import ProgressCallback
+from tuckerscope.core.segmentation.expert_run import expert_engine
 from tuckerscope.core.segmentation.segmenter import Segmenter
 
 DEFAULT_DFS = (0.5, 0.3, 0.2, 0.1)

@@ -29,7 +29,6 @@ from tuckerscope.core.compression.counting import count_network
 from tuckerscope.core.compression.pruning import prune_to_match
 from tuckerscope.core.compression.ranks import check_df, df_ranks, ranks_of
 from tuckerscope.core.compression.tucker import TuckerEngine
-from tuckerscope.core.models.model_folder import LoadedExpert
 
 Method = Literal["tucker", "prune"]
 METHODS: tuple[Method, ...] = ("tucker", "prune")
@@ -98,14 +97,6 @@ def make_student(engine: TuckerEngine, method: Method, df: float) -> Student:
         student.masks = pruning_masks(network, pruned.channels_zeroed)
         return student
     raise ValueError(f"unknown compression method {method!r}; use one of {', '.join(METHODS)}")
-
-
-def expert_engine(expert: LoadedExpert) -> TuckerEngine:
-    """A factorised engine of the network as nnU-Net runs it (one patch of the plans' size)."""
-    channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
-    engine = TuckerEngine(expert.network, (1, channels, *expert.patch_size))
-    engine.factorise()
-    return engine
 
 
 def trainable_copy(network: nn.Module) -> nn.Module:

@@ -42,8 +42,8 @@ def check_method(method: str) -> str:
 
 def input_shape(expert: LoadedExpert) -> tuple[int, ...]:
     """(1, channels, *patch): one patch as nnU-Net feeds the network (what sizes and timings are taken on)."""
-    channels = len(expert.dataset_json.get("channel_names", {"0": "CT"}))
-    return (1, channels, *expert.patch_size)
+    channels = expert.dataset_json.get("channel_names") or expert.dataset_json.get("modality") or {"0": "CT"}
+    return (1, len(channels), *expert.patch_size)
 
 
 def expert_engine(expert: LoadedExpert, factorise: bool = True) -> TuckerEngine:
