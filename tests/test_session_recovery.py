@@ -149,3 +149,13 @@ def test_the_demo_distils_on_the_loaded_ct_and_phantoms(demo):
     data = recovery_data(session, RecoverySettings())
     assert len(data) == 3 and data.names[0] == "phantom (seed 7)" and "2 phantoms" in data.description
     assert len(recovery_data(session, RecoverySettings(phantoms=0))) == 1
+
+
+@pytest.mark.slow  # eight segmentations of the demo volume: ~20 s on a loaded 2-core machine
+def test_figure2_for_this_scan_gives_the_four_curves(demo):
+    session = demo_session(demo)
+    points = []
+    figure = figure2_job(session, "organs", 1, dfs=(0.3,))(lambda f, m: None, points.append, NEVER)
+    assert set(figure.curves()) == {"tucker zero-shot", "tucker distilled", "prune zero-shot", "prune distilled"}
+    assert len(points) == 4 and all(0.0 <= p.mean_dice <= 1.0 and p.compression_ratio > 1 for p in points)
+    assert figure.scans == "phantom (seed 7)"  # the loaded CT, distilled on and scored on

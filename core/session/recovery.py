@@ -221,7 +221,9 @@ def agreement_pair(session: Session) -> tuple[AgreementResult | None, AgreementR
 Figure2Run = Callable[[ProgressCallback, Callable[[Figure2Point], None], threading.Event], Figure2]
 
 
-def figure2_job(session: Session, name: str, steps_per_point: int, seed: int = 0) -> Figure2Run:
+def figure2_job(
+    session: Session, name: str, steps_per_point: int, seed: int = 0, dfs: tuple[float, ...] = DEFAULT_DFS
+) -> Figure2Run:
     """Figure 2 of ``name`` on the loaded CT (distilled on it and scored on it; see figure2's caveat)."""
     expert = session.expert(name)
     if session.volume is None:
@@ -236,8 +238,8 @@ def figure2_job(session: Session, name: str, steps_per_point: int, seed: int = 0
         progress: ProgressCallback, on_point: Callable[[Figure2Point], None], cancel: threading.Event
     ) -> Figure2:
         return figure2(
-            loaded, data, steps_per_point=steps_per_point, base=base, progress=progress, on_point=on_point,
-            cancel=cancel,
+            loaded, data, dfs=dfs, steps_per_point=steps_per_point, base=base, progress=progress,
+            on_point=on_point, cancel=cancel,
         )  # fmt: skip
 
     return run
