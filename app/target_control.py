@@ -64,6 +64,7 @@ class TargetControl(QtWidgets.QWidget):
         layout.setSpacing(1)
         layout.addLayout(row)
         layout.addWidget(self.status)
+        self.kind_combo.currentIndexChanged.connect(lambda _index: self._show_kind())
         self.kind_combo.activated.connect(self._on_kind_chosen)
         self.value_edit.returnPressed.connect(self.apply)
         self.apply_button.clicked.connect(self.apply)
@@ -86,7 +87,6 @@ class TargetControl(QtWidgets.QWidget):
         index = next((i for i, (_, k, _e) in enumerate(KINDS) if k == kind), 0)
         self.kind_combo.setCurrentIndex(index)
         self.value_edit.setText(value)
-        self._show_kind()
 
     def set_status(self, text: str, warning: bool = False) -> None:
         self.status.setText(text)
@@ -100,7 +100,6 @@ class TargetControl(QtWidgets.QWidget):
         self.value_edit.setPlaceholderText(example)
 
     def _on_kind_chosen(self, _index: int) -> None:
-        self._show_kind()
         if self.kind in ("", "vbmf"):  # nothing to type: applied at once
             self.apply()
         else:
