@@ -34,3 +34,15 @@ def ts_plans_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def example_ct(shared_dir: Path) -> Path:
     return shared_dir / "data" / "example_ct_sm.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a loaded 2-core CI machine two threads spin against each other
+    (5x slower), and results must not depend on the thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,14 +29,9 @@ from tuckerscope.core.segmentation.expert_run import expert_engine
 PATCH = (16, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: CI machines are busy, and results must not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):

@@ -25,15 +25,7 @@ from tuckerscope.core.segmentation.segmenter import (
     slab_roi,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a loaded 2-core CI machine, two threads spin against each other (5x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def expert(tmp_path_factory) -> LoadedExpert:
