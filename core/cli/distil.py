@@ -1,7 +1,9 @@
 """`tuckerscope distil`: recover a compressed expert's quality by distilling the original into it, without labels.
 
-For each chosen expert: the student is the expert compressed at its DF (Tucker, or the pruning baseline at
-the same parameter budget), the teacher the original network; the data are unlabelled CTs or phantoms,
+For each chosen expert: the student is the expert compressed at its DF or at the per-layer ranks a --target
+asks for (Tucker, or the pruning baseline at that Tucker network's parameter count), the teacher the original
+network; --target reads as in compress (params=10x, flops=8x, time=1.5s, energy=0.9, ev=0.9, vbmf), for the
+chosen experts together or, with --expert, for each named expert on its own; the data are unlabelled CTs or phantoms,
 preprocessed as for inference (core.distillation). It prints the loss curve, the memory used and the
 agreement with the original (mean and worst-class Dice) of the zero-shot and the distilled student on
 held-out scans, and writes the distilled student as a model folder under -o that `--model OUT` runs.
@@ -21,8 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tuckerscope.core.cli.compress import add_df_argument, add_model_argument, load_experts
+from tuckerscope.core.cli.compress import (
+    add_df_argument,
+    add_model_argument,
+    load_experts,
+    target_json,
+    target_ranks,
+)
+from tuckerscope.core.compression.budgets import TARGET_SYNTAX, parse_target
 from tuckerscope.core.compression.ranks import parse_df_options
+from tuckerscope.core.compression.tucker import TuckerEngine
 from tuckerscope.core.distillation.agreement import ORIGINAL, Agreement, agreement_with_original
 from tuckerscope.core.distillation.data import (
     HELD_OUT_PHANTOM_SEED,
@@ -31,10 +41,11 @@ from tuckerscope.core.distillation.data import (
     parse_data,
     phantom_source,
 )
-from tuckerscope.core.distillation.distiller import DistilConfig, Distiller, DistilResult
+from tuckerscope.core.distillation.distiller import DistilConfig, Distiller, DistilResult, checkpoint_ranks
 from tuckerscope.core.distillation.losses import LossWeights
 from tuckerscope.core.distillation.saving import save_distilled
-from tuckerscope.core.distillation.students import METHODS, make_student
+from tuckerscope.core.distillation.students import METHODS
+from tuckerscope.core.evaluation.timing import ForwardSetup
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled, UserError
 from tuckerscope.core.segmentation.expert_run import expert_engine
@@ -54,9 +65,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_argument(parser)
     add_df_argument(parser)
-    parser.add_argument("--expert", action="append", default=[], help="distil only this expert (repeatable)")
     parser.add_argument(
-        "--method", choices=METHODS, default="tucker", help="student: Tucker (default) or pruning"
+        "--target",
+        metavar="params=10x|flops=8x|time=1.5s|energy=0.9|ev=0.9|vbmf",
+        help="instead of --df: the student gets the per-layer ranks that meet this budget, as compress --target "
+        "chooses them (time: forward time per patch on --device/--precision)",
+    )
+    parser.add_argument(
+        "--expert",
+        action="append",
+        default=[],
+        help="distil only this expert (repeatable); with --target each named expert meets it on its own, "
+        "without --expert the experts meet it together",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="tucker",
+        help="student: Tucker (default) or pruning to the Tucker student's parameter count",
     )
     parser.add_argument(
         "--assistant",
@@ -117,17 +143,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.target and args.df:
+        raise UserError("use either --target or --df, not both")
+    target = parse_target(args.target).describe() if args.target else None
     training, held_out, held_out_note = data_sources(args)
     experts = chosen_experts(load_experts(args.model), args.expert)
-    dfs = parse_df_options(args.df, [e.name for e in experts])
-    if not dfs:
-        raise UserError("say how much to compress: --df 0.2 or --df EXPERT=0.2")
-    experts = [e for e in experts if e.name in dfs]
     report: dict[str, Any] = {"experts": {}, "held_out": held_out.description + held_out_note}
+    engines: dict[str, TuckerEngine] = {}
+    ranks: dict[str, dict[str, tuple[int, int]]] = {}
+    if target is not None:
+        engines = {e.name: expert_engine(e) for e in experts}
+        ranks, report["target"] = solve_for_distillation(args, target, experts, engines)
+        dfs: dict[str, float | None] = {e.name: None for e in experts}
+    else:
+        dfs = dict(parse_df_options(args.df, [e.name for e in experts]))
+        if not dfs:
+            raise UserError(f"say how much to compress: --df 0.2, --df EXPERT=0.2 or --target ({TARGET_SYNTAX})")
+        experts = [e for e in experts if e.name in dfs]
     for expert in experts:
         checkpoint = checkpoint_path(args, expert, len(experts))
-        config = make_config(args, dfs[expert.name], checkpoint)
-        entry = distil_one(expert, training, held_out, config, checkpoint, args)
+        config = make_config(args, dfs[expert.name], checkpoint, target, ranks.get(expert.name))
+        entry = distil_one(expert, training, held_out, config, checkpoint, args, engines.get(expert.name))
         if entry is None:
             return EXIT_CANCELLED
         report["experts"][expert.name] = entry
@@ -137,6 +173,29 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return 0
+
+
+def solve_for_distillation(
+    args: argparse.Namespace, target: str, experts: list[LoadedExpert], engines: dict[str, TuckerEngine]
+) -> tuple[dict[str, dict[str, tuple[int, int]]], dict[str, Any]]:
+    """Each expert's ranks for --target (compress's solver and scopes) and what --json says about the target.
+
+    An expert resumed from a checkpoint of the same target keeps the checkpoint's ranks: a time target timed
+    again can land on slightly different ranks, and the checkpoint's run must go on with its own network.
+    """
+    setup = ForwardSetup(device=args.device, precision=training_precision(args))
+    ranks, results = target_ranks(target, engines, args.expert, setup)
+    report = target_json(results)
+    if args.resume is not None:
+        for expert in experts:
+            saved = checkpoint_ranks(checkpoint_path(args, expert, len(experts)), target)
+            if saved is not None and saved != ranks[expert.name]:
+                ranks[expert.name] = saved
+                report.setdefault("resumed_with_checkpoint_ranks", []).append(expert.name)
+    if not args.json:
+        for scope in report["scopes"]:
+            print(f"target {', '.join(scope['experts'])}: {scope['message']}", flush=True)
+    return ranks, report
 
 
 def data_sources(args: argparse.Namespace) -> tuple[ScanSource, ScanSource, str]:
@@ -177,13 +236,26 @@ def checkpoint_path(args: argparse.Namespace, expert: LoadedExpert, experts: int
     return folder / f"{expert.name}.pth"
 
 
-def make_config(args: argparse.Namespace, df: float, checkpoint: Path) -> DistilConfig:
-    precision = args.precision
-    if precision == "auto":
-        precision = "bf16" if args.device.startswith("cuda") else "fp32"
+def training_precision(args: argparse.Namespace) -> str:
+    """--precision with 'auto' resolved: bf16 autocast on CUDA, fp32 on the CPU."""
+    if args.precision == "auto":
+        return "bf16" if args.device.startswith("cuda") else "fp32"
+    return str(args.precision)
+
+
+def make_config(
+    args: argparse.Namespace,
+    df: float | None,
+    checkpoint: Path,
+    target: str | None = None,
+    ranks: dict[str, tuple[int, int]] | None = None,
+) -> DistilConfig:
+    precision = training_precision(args)
     return DistilConfig(
         method=args.method,
         df=df,
+        target=target,
+        ranks=ranks,
         assistant_dfs=tuple(args.assistant),
         steps=args.steps,
         minutes=args.minutes,
@@ -217,14 +289,14 @@ def distil_one(
     config: DistilConfig,
     checkpoint: Path,
     args: argparse.Namespace,
+    engine: TuckerEngine | None = None,
 ) -> dict[str, Any] | None:
     """Distil, score zero-shot and distilled on the held-out scans, save; None when cancelled (Ctrl-C)."""
-    engine = expert_engine(expert)
-    distiller = Distiller(expert, training, config, engine=engine)
+    distiller = Distiller(expert, training, config, engine=engine or expert_engine(expert))
     resume = checkpoint if args.resume is not None and checkpoint.is_file() else None
     if not args.json:
         print(
-            f"{expert.name}: {config.method} DF {config.df:g}, distilling on {training.description}, "
+            f"{expert.name}: {config.method} {config.setting}, distilling on {training.description}, "
             f"patch {'x'.join(map(str, distiller.patch_size))}; {distiller.memory.describe()}",
             flush=True,
         )
@@ -238,7 +310,7 @@ def distil_one(
                 file=sys.stderr,
             )
             return None
-    zero_shot = make_student(engine, config.method, config.df).network.eval()
+    zero_shot = distiller.zero_shot().network.eval()
     scores = agreement_with_original(expert, {"zero-shot": zero_shot, "distilled": result.network}, held_out)
     folder = save_distilled(expert, result, args.output)
     return entry_for(result, scores, folder, checkpoint)
@@ -260,7 +332,7 @@ def entry_for(
 def print_step(report: Any) -> None:
     record = report.record
     total = f"/{report.stage_steps}" if report.stage_steps else ""
-    stage = f"stage {record.stage + 1}/{report.stages} (DF {report.stage_df:g}) " if report.stages > 1 else ""
+    stage = f"stage {record.stage + 1}/{report.stages} ({report.stage_setting}) " if report.stages > 1 else ""
     terms = " ".join(f"{k} {v:.4f}" for k, v in record.parts.items())
     print(
         f"  {stage}step {record.step}{total}  loss {record.loss:.4f} ({terms})  "
@@ -276,7 +348,7 @@ def print_entry(name: str, entry: dict[str, Any], held_out: str) -> None:
     points = min(CURVE_POINTS, len(curve))
     picks = [curve[round(i * (len(curve) - 1) / max(1, points - 1))] for i in range(points)]
     print(
-        f"{name}: {student['method']} DF {student['df']:g} ({student['compression_ratio']:.1f}x fewer parameters), "
+        f"{name}: {student['method']} {student['setting']} ({student['compression_ratio']:.2f}x fewer parameters), "
         f"{entry['steps']} steps in {seconds:.0f} s ({seconds / max(1, entry['steps']):.2f} s/step), "
         f"losses {' + '.join(entry['losses_used'])}"
     )

@@ -10,8 +10,14 @@ take the loss (losses.py), clip the gradient norm at 12 (nnU-Net's value), one A
 re-zero pruned channels. The batch choice depends only on the key, and nothing else in a step is random, so a
 run is deterministic from its seed and a resumed run continues exactly where the checkpoint left it.
 
+The student is the expert at a DF (the paper's rule on every layer) or at a budget's per-layer ranks:
+``DistilConfig(target="params=10x", ranks=...)`` with the ranks budgets.py / time_budget.solve_target chose
+(a target over several experts together is solved by the caller); without ``ranks`` the Distiller solves the
+target for this expert alone.
+
 A teacher-assistant chain (``assistant_dfs``, e.g. (0.5,)) distils DF 0.5 from the original first, then the
-target DF from that assistant (Mirzadeh et al., for large teacher-student gaps). The budget is split evenly
+student from that assistant (Mirzadeh et al., for large teacher-student gaps). Assistants are DFs also when the
+student is a target; each must be larger (Tucker parameters) than the stage after it. The budget is split evenly
 over the stages. The budget (``steps`` or ``minutes``) counts training steps; the teacher's pass over the pool
 (once per patch per stage) comes before and is reported separately.
 
@@ -30,7 +36,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuckerscope.core.compression.budgets import BudgetError, parse_target
+from tuckerscope.core.compression.counting import count_network
 from tuckerscope.core.compression.ranks import check_df
 from tuckerscope.core.compression.tucker import TuckerEngine
 from tuckerscope.core.distillation.data import ScanSource
@@ -52,11 +60,13 @@ from tuckerscope.core.distillation.pool import (
     trace_layout,
 )
 from tuckerscope.core.distillation.students import METHODS, Method, Student, make_student
+from tuckerscope.core.evaluation.time_budget import solve_target
+from tuckerscope.core.evaluation.timing import ForwardSetup
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.errors import Cancelled, UserError
 from tuckerscope.core.runtime.memory import process_memory_kb
 from tuckerscope.core.runtime.progress import ProgressCallback
-from tuckerscope.core.segmentation.expert_run import expert_engine
+from tuckerscope.core.segmentation.expert_run import expert_engine, ranks_for_df
 
 CancelSignal = Callable[[], bool] | threading.Event | None
 CHECKPOINT_FORMAT = "tuckerscope-distillation-checkpoint/1"
@@ -72,10 +82,13 @@ class DistillationError(UserError):
 
 @dataclass(frozen=True)
 class DistilConfig:
-    """Everything that defines a run. Exactly one of ``steps`` and ``minutes`` is the budget."""
+    """Everything that defines a run. Exactly one of ``df`` and ``target`` is the compression, exactly one of
+    ``steps`` and ``minutes`` the budget."""
 
     method: Method = "tucker"
-    df: float = 0.2
+    df: float | None = None
+    target: str | None = None  # a budget as budgets.parse_target reads it: 'params=10x', 'time=1.5s', 'vbmf'
+    ranks: Mapping[str, tuple[int, int]] | None = None  # the target's per-layer ranks (None: solved here)
     assistant_dfs: tuple[float, ...] = ()
     steps: int | None = None
     minutes: float | None = None
@@ -94,19 +107,27 @@ class DistilConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise DistillationError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        check_df(self.df)
+        if (self.df is None) == (self.target is None):
+            raise DistillationError("give exactly one compression: a DF or a target (e.g. params=10x)")
+        if self.target is not None:
+            parse_target(self.target)
+        elif self.ranks is not None:
+            raise DistillationError("per-layer ranks come with the target they were chosen for")
+        else:
+            check_df(float(self.df or 0.0))
         previous = 1.0
         for df in self.assistant_dfs:
             check_df(df)
-            if not self.df < df < previous:
+            if not (self.df or 0.0) < df < previous:
+                lowest = f"the student's DF {self.df:g}" if self.df is not None else "0"
                 raise DistillationError(
-                    f"teacher-assistant DFs must lie between the target DF {self.df:g} and 1, largest first; "
+                    f"teacher-assistant DFs must lie between {lowest} and 1, largest first; "
                     f"got {', '.join(f'{d:g}' for d in self.assistant_dfs)}"
                 )
             previous = df
         if (self.steps is None) == (self.minutes is None):
             raise DistillationError("give exactly one budget: a number of steps or of minutes")
-        if self.steps is not None and self.steps < len(self.stage_dfs):
+        if self.steps is not None and self.steps < len(self.stage_settings):
             raise DistillationError(
                 f"a budget of {self.steps} steps is too small: at least one step per stage"
             )
@@ -128,12 +149,18 @@ class DistilConfig:
             raise DistillationError("every loss weight is zero: nothing to train on")
 
     @property
-    def stage_dfs(self) -> tuple[float, ...]:
-        return (*self.assistant_dfs, self.df)
+    def setting(self) -> str:
+        """The student's compression in words: 'DF 0.2' or 'target params=10x' (as ExpertRun.setting)."""
+        return f"target {self.target}" if self.target is not None else f"DF {self.df:g}"
+
+    @property
+    def stage_settings(self) -> tuple[str, ...]:
+        """Each stage's student in words: the assistants' DFs, then the student's setting."""
+        return (*(f"DF {df:g}" for df in self.assistant_dfs), self.setting)
 
     def stage_budget(self, stage: int) -> tuple[int | None, float | None]:
         """(steps, seconds) of one stage: the budget split evenly, the first stages taking any remainder."""
-        stages = len(self.stage_dfs)
+        stages = len(self.stage_settings)
         if self.steps is not None:
             return self.steps // stages + (1 if stage < self.steps % stages else 0), None
         return None, float(self.minutes or 0.0) * 60.0 / stages
@@ -151,6 +178,11 @@ class DistilConfig:
         ):
             data.pop(key)
         data["assistant_dfs"] = list(self.assistant_dfs)
+        for key in ("target", "ranks"):  # absent for DF runs, so their checkpoints read as before
+            if data[key] is None:
+                data.pop(key)
+        if self.ranks is not None:
+            data["ranks"] = {name: list(pair) for name, pair in self.ranks.items()}
         data["patch_size"] = list(self.patch_size) if self.patch_size else None
         return data
 
@@ -172,7 +204,7 @@ class StepReport:
     """What ``on_step`` receives: the record, the stage's budget and the expected time left for the whole run."""
 
     record: StepRecord
-    stage_df: float
+    stage_setting: str  # 'DF 0.5' or 'target params=10x'
     stages: int
     stage_steps: int | None
     seconds_per_step: float
@@ -181,7 +213,7 @@ class StepReport:
 
 @dataclass(frozen=True)
 class StageSummary:
-    df: float
+    setting: str
     teacher: str
     steps: int
     train_seconds: float
@@ -279,7 +311,8 @@ class DistilResult:
 
 
 class Distiller:
-    """Distils ``expert``'s original network into its compressed copy at ``config.df`` on unlabelled ``data``."""
+    """Distils ``expert``'s original network into its compressed copy (``config.df`` or ``config.target``) on
+    unlabelled ``data``."""
 
     def __init__(
         self,
@@ -298,7 +331,8 @@ class Distiller:
         self.data = data
         self.engine = engine or expert_engine(expert)
         self.patch_size = check_patch_size(expert, config.patch_size or expert.patch_size)
-        self.config = replace(config, patch_size=self.patch_size)
+        self.config = replace(config, patch_size=self.patch_size, ranks=self._target_ranks(config))
+        self._check_assistants_are_larger()
         self.device = _device(config.device)
         self.autocast_dtype = _autocast_dtype(config.precision)
         self._original_pool = pool
@@ -328,13 +362,13 @@ class Distiller:
         assistants: list[dict[str, torch.Tensor]] = list(state["assistants"]) if state else []
         first_stage = int(state["stage"]) if state else 0
         teacher, teacher_name = self.expert.network, "original"
-        for stage, df in enumerate(self.config.stage_dfs):
+        for stage, setting in enumerate(self.config.stage_settings):
             if stage < first_stage:
-                teacher = self._student(df, assistants[stage]).network.eval()
-                teacher_name = f"assistant DF {df:g}"
+                teacher = self._student(stage, assistants[stage]).network.eval()
+                teacher_name = f"assistant {setting}"
                 continue
             resumed = state if stage == first_stage else None
-            student = self._student(df, resumed["student"] if resumed else None)
+            student = self._student(stage, resumed["student"] if resumed else None)
             with _deterministic(self.device, self.config.seed):
                 summary = self._run_stage(
                     stage,
@@ -351,7 +385,7 @@ class Distiller:
                 )
             stages.append(summary)
             assistants.append(_own_state(student.network))
-            teacher, teacher_name = student.network.eval(), f"assistant DF {df:g}"
+            teacher, teacher_name = student.network.eval(), f"assistant {setting}"
         student.network.to("cpu").eval()
         peak = process_memory_kb("VmHWM") * 1024 if os.path.exists("/proc/self/status") else None
         memory = replace(self.memory, peak_rss_bytes=peak)
@@ -375,14 +409,14 @@ class Distiller:
         should_cancel: Callable[[], bool],
     ) -> StageSummary:
         config = self.config
-        stage_count = len(config.stage_dfs)
-        df = config.stage_dfs[stage]
+        stage_count = len(config.stage_settings)
+        setting = config.stage_settings[stage]
         span = (stage / stage_count, (stage + 1) / stage_count)
 
         def sub(start: float, stop: float) -> ProgressCallback:
             width = span[1] - span[0]
             return lambda f, message: report(
-                span[0] + width * (start + (stop - start) * f), f"DF {df:g}: {message}"
+                span[0] + width * (start + (stop - start) * f), f"{setting}: {message}"
             )
 
         pool = self._pool(stage, teacher, sub(0.0, 0.1), should_cancel)
@@ -430,13 +464,13 @@ class Distiller:
                 fraction = step / max_steps if max_steps else min(1.0, elapsed / float(max_seconds or 1.0))
                 training(fraction, f"step {step}, loss {loss:.4f}")
                 if on_step is not None:
-                    on_step(StepReport(record, df, stage_count, max_steps, per_step, eta))
+                    on_step(StepReport(record, setting, stage_count, max_steps, per_step, eta))
                 if time.monotonic() - last_checkpoint >= config.checkpoint_every_seconds:
                     save(step, elapsed)
                     last_checkpoint = time.monotonic()
         stopped = "steps" if max_steps is not None else "time"
         summary = StageSummary(
-            df, teacher_name, step, elapsed, len(pool), pool.nbytes, pool.teacher_seconds, stopped
+            setting, teacher_name, step, elapsed, len(pool), pool.nbytes, pool.teacher_seconds, stopped
         )
         save(step, elapsed)
         return summary
@@ -471,7 +505,7 @@ class Distiller:
     def _eta(self, stage: int, step: int, elapsed: float, per_step: float) -> float:
         """Seconds left: this stage's remaining budget plus every later stage's (pool passes not included)."""
         remaining = 0.0
-        for later in range(stage, len(self.config.stage_dfs)):
+        for later in range(stage, len(self.config.stage_settings)):
             steps, seconds = self.config.stage_budget(later)
             done_steps, done_seconds = (step, elapsed) if later == stage else (0, 0.0)
             remaining += (
@@ -483,12 +517,51 @@ class Distiller:
 
     # -- building blocks ----------------------------------------------------------------------------------------
 
-    def _student(self, df: float, state: dict[str, torch.Tensor] | None) -> Student:
-        student = make_student(self.engine, self.config.method, df)
+    def zero_shot(self) -> Student:
+        """The student before any training (the zero-shot side of a comparison), at the config's DF or ranks."""
+        config = self.config
+        return make_student(self.engine, config.method, config.df, config.ranks, config.target)
+
+    def _student(self, stage: int, state: dict[str, torch.Tensor] | None) -> Student:
+        assistants = self.config.assistant_dfs
+        if stage < len(assistants):
+            student = make_student(self.engine, self.config.method, assistants[stage])
+        else:
+            student = self.zero_shot()
         if state is not None:
             student.network.load_state_dict(state)
             student.apply_masks()
         return student
+
+    def _target_ranks(self, config: DistilConfig) -> dict[str, tuple[int, int]] | None:
+        """The target's per-layer ranks: as given, or solved for this expert alone (a target that cannot be met
+        is a BudgetError naming what can be reached; time targets time forward passes on the run's device)."""
+        if config.target is None:
+            return None
+        if config.ranks is not None:
+            missing = sorted({layer.name for layer in self.engine.layers} - set(config.ranks))
+            if missing:
+                raise DistillationError(f"the target's ranks name no ranks for layer {missing[0]}")
+            return {name: (int(r_out), int(r_in)) for name, (r_out, r_in) in config.ranks.items()}
+        setup = ForwardSetup(device=config.device, precision=config.precision)
+        result = solve_target({self.expert.name: self.engine}, config.target, setup)
+        if not result.met:
+            raise BudgetError(result.message)
+        return result.experts[self.expert.name].ranks
+
+    def _check_assistants_are_larger(self) -> None:
+        """With a target, an assistant DF must still sit between the original and the student (in parameters)."""
+        config = self.config
+        if config.ranks is None or not config.assistant_dfs:
+            return
+        last = config.assistant_dfs[-1]
+        assistant = count_network(self.engine, ranks_for_df(self.engine, last)).params
+        student = count_network(self.engine, config.ranks).params
+        if assistant <= student:
+            raise DistillationError(
+                f"teacher-assistant DF {last:g} ({assistant:,} parameters) is no larger than the "
+                f"{config.setting} student ({student:,}): give assistants with more parameters than the student"
+            )
 
     def _pool(
         self, stage: int, teacher: nn.Module, report: ProgressCallback, should_cancel: Callable[[], bool]
@@ -609,6 +682,22 @@ class Distiller:
                 "the same model, data and settings, only the budget may change"
             )
         return checkpoint
+
+
+def checkpoint_ranks(path: Path, target: str) -> dict[str, tuple[int, int]] | None:
+    """The per-layer ranks a checkpoint's run distils for ``target``; None without a readable one of it.
+
+    Why: a time target solved again (new timings) can land on other ranks than the run being resumed used.
+    """
+    if not Path(path).is_file():
+        return None
+    try:
+        config = torch.load(path, map_location="cpu", weights_only=True)["identity"]["config"]
+    except Exception:  # damaged or foreign: the Distiller says so when it is asked to resume from it
+        return None
+    if config.get("target") != target or not isinstance(config.get("ranks"), dict):
+        return None
+    return {name: (int(pair[0]), int(pair[1])) for name, pair in config["ranks"].items()}
 
 
 def _own_state(network: nn.Module) -> dict[str, torch.Tensor]:

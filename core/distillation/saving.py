@@ -1,9 +1,11 @@
 """Write a distilled student as a model folder that `--model OUT` loads everywhere, never half-written.
 
 The folder is compressed_model.save_compressed's (plans, dataset.json, a weights_only-safe checkpoint whose
-manifest names every TuckerConv's ranks; a pruned student is a plain network with zeroed channels), with the
-distillation summary in the manifest under 'distillation'. It is written beside OUT first and moved into
-place when complete, so a failed, cancelled or killed run leaves no partial folder under OUT.
+manifest names every TuckerConv's ranks; a pruned student is a plain network with zeroed channels, and the
+manifest names the Tucker ranks its parameter count was matched to), with how the ranks were chosen ('df' or
+'target', and 'setting' in words) and the distillation summary (under 'distillation') in the manifest. It is
+written beside OUT first and moved into place when complete, so a failed, cancelled or killed run leaves no
+partial folder under OUT.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ def save_distilled(expert: LoadedExpert, result: DistilResult, out_dir: Path) ->
     """Save ``result``'s student under ``out_dir`` (replacing an earlier TuckerScope output); returns the folder."""
     out_dir = Path(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    extra = {
-        "df": result.student.df,
-        "compression_method": result.student.method,
-        "pruning_fraction": result.student.pruning_fraction,
+    student = result.student
+    extra: dict[str, object] = {
+        "df": student.df,
+        "target": student.target,
+        "setting": student.setting,
+        "compression_method": student.method,
+        "pruning_fraction": student.pruning_fraction,
         "distillation": result.summary(),
     }
+    if student.method == "prune":  # no TuckerConvs name the ranks: record the Tucker network it was matched to
+        extra["matched_tucker_ranks"] = {name: list(pair) for name, pair in student.ranks.items()}
     try:
         staged = save_compressed(expert, result.network, staging, extra)
         target = out_dir / staged.relative_to(staging)

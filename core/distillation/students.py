@@ -1,4 +1,5 @@
-"""Students: trainable compressed copies of an expert's network (Tucker at a DF, or the pruning baseline).
+"""Students: trainable compressed copies of an expert's network (Tucker at a DF or at a budget's per-layer
+ranks, or the pruning baseline matched to that Tucker network's parameter count).
 
 TuckerEngine.compress and prune return inference copies whose tensors are views of the engine's cache or the
 original network's own tensors. A student deep-copies them into compact tensors of its own (Parameter's
@@ -18,6 +19,7 @@ channel keeps its trainable shift, as in the paper's baseline, which zeroes conv
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,19 +38,26 @@ METHODS: tuple[Method, ...] = ("tucker", "prune")
 
 @dataclass
 class Student:
-    """A trainable compressed network and what it is: method, DF, size against the original."""
+    """A trainable compressed network and what it is: method, DF or target, size against the original."""
 
     network: nn.Module
     method: Method
-    df: float
+    df: float | None  # None: the ranks were chosen for ``target``
     params_original: int
     params_compressed: int
     pruning_fraction: float | None = None
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    target: str | None = None  # the budget the ranks were chosen for ('params=10x'), instead of a DF
+    ranks: dict[str, tuple[int, int]] = field(default_factory=dict)  # Tucker's (pruning: matched to them)
 
     @property
     def compression_ratio(self) -> float:
         return self.params_original / max(1, self.params_compressed)
+
+    @property
+    def setting(self) -> str:
+        """How the ranks were chosen, in words: 'DF 0.2' or 'target params=10x' (as ExpertRun.setting)."""
+        return f"target {self.target}" if self.target else f"DF {self.df:g}"
 
     def mask_gradients(self) -> None:
         """Zero the pruned channels' gradients (before an optimiser step), so Adam's moments stay zero there."""
@@ -72,6 +81,8 @@ class Student:
         return {
             "method": self.method,
             "df": self.df,
+            "target": self.target,
+            "setting": self.setting,
             "params_original": self.params_original,
             "params_compressed": self.params_compressed,
             "compression_ratio": round(self.compression_ratio, 4),
@@ -79,21 +90,34 @@ class Student:
         }
 
 
-def make_student(engine: TuckerEngine, method: Method, df: float) -> Student:
-    """The zero-shot compressed network at ``df`` as a trainable student of its own.
+def make_student(
+    engine: TuckerEngine,
+    method: Method,
+    df: float | None = None,
+    ranks: Mapping[str, tuple[int, int]] | None = None,
+    target: str | None = None,
+) -> Student:
+    """The zero-shot compressed network at ``df``, or at a budget's per-layer ``ranks``, as a trainable student.
 
-    Pruning zeroes channels to the conv-parameter budget of Tucker at the same DF (the paper's comparison).
+    Give exactly one of ``df`` and ``ranks``; ``target`` names what the ranks were solved for (budgets.py).
+    Pruning zeroes channels to the parameter count of Tucker at the same ranks (the paper's comparison).
     """
-    check_df(df)
-    ranks = ranks_of(df_ranks(engine.layers, df))
+    if (df is None) == (ranks is None):
+        raise ValueError("a student needs exactly one of a DF and per-layer ranks")
+    if df is not None:
+        check_df(df)
+    chosen = ranks_of(df_ranks(engine.layers, df)) if df is not None else dict(ranks or {})
     original = count_network(engine).params
-    tucker_params = count_network(engine, ranks).params
+    tucker_params = count_network(engine, chosen).params
     if method == "tucker":
-        return Student(trainable_copy(engine.compress(ranks)), "tucker", df, original, tucker_params)
+        network = trainable_copy(engine.compress(chosen))
+        return Student(network, "tucker", df, original, tucker_params, target=target, ranks=chosen)
     if method == "prune":
         pruned = prune_to_match(engine, tucker_params)
         network = trainable_copy(pruned.network)
-        student = Student(network, "prune", df, original, pruned.cost.params, pruned.fraction)
+        student = Student(
+            network, "prune", df, original, pruned.cost.params, pruned.fraction, target=target, ranks=chosen
+        )
         student.masks = pruning_masks(network, pruned.channels_zeroed)
         return student
     raise ValueError(f"unknown compression method {method!r}; use one of {', '.join(METHODS)}")
