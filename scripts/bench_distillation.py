@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patches-per-scan", type=int, default=2)
     parser.add_argument("--features", type=float, default=0.0, help="feature-matching weight")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, help="peak Adam learning rate (default: DistilConfig's)")
+    parser.add_argument("--lr-schedule", choices=("cosine", "constant"), help="default: DistilConfig's")
     parser.add_argument(
         "--figure2", type=Path, metavar="PNG", help="figure 2 for one phantom, drawn into PNG"
     )
@@ -134,6 +136,8 @@ def config_for(args: argparse.Namespace, patch: tuple[int, ...] | None) -> Disti
         patches_per_scan=args.patches_per_scan,
         losses=LossWeights(features=args.features),
         seed=args.seed,
+        **({"learning_rate": args.lr} if args.lr else {}),
+        **({"lr_schedule": args.lr_schedule} if args.lr_schedule else {}),
     )
 
 

@@ -130,7 +130,10 @@ def test_same_seed_same_losses_other_seed_other_losses(expert, engine):
 def test_resume_continues_exactly(expert, engine, tmp_path):
     straight = Distiller(expert, scans(), config(steps=4), engine=engine).run()
     checkpoint = tmp_path / "run.pth"
-    Distiller(expert, scans(), config(steps=2, checkpoint_path=checkpoint), engine=engine).run()
+    stop = threading.Event()
+    interrupted = Distiller(expert, scans(), config(steps=4, checkpoint_path=checkpoint), engine=engine)
+    with pytest.raises(Cancelled):  # stopped after two of its four steps (the schedule knows the budget)
+        interrupted.run(on_step=lambda report: report.record.step == 2 and stop.set(), cancel=stop)
     resumed = Distiller(expert, scans(), config(steps=4, checkpoint_path=checkpoint), engine=engine).run(
         resume=checkpoint
     )

@@ -74,6 +74,8 @@ GRADIENT_CLIP = 12.0
 ETA_WINDOW = 10
 PRECISIONS = ("fp32", "bf16")
 LOSS_TEMPORARIES = 6
+LR_SCHEDULES = ("cosine", "constant")
+WARMUP_FRACTION = 0.03
 
 
 class DistillationError(UserError):
@@ -96,6 +98,7 @@ class DistilConfig:
     patches_per_scan: int = 2
     batch_size: int = 1
     learning_rate: float = 3e-4
+    lr_schedule: str = "cosine"
     losses: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
     device: str = "cpu"
@@ -139,6 +142,10 @@ class DistilConfig:
             raise DistillationError("patches per scan and batch size must be at least 1")
         if not self.learning_rate > 0:
             raise DistillationError(f"learning rate must be positive, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DistillationError(
+                f"unknown learning-rate schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}"
+            )
         if self.precision not in PRECISIONS:
             raise DistillationError(
                 f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
@@ -447,6 +454,9 @@ class Distiller:
                 if should_cancel():
                     save(step, elapsed)
                     raise Cancelled("distillation cancelled")
+                fraction_done = step / max_steps if max_steps else elapsed / float(max_seconds or 1.0)
+                for group in optimizer.param_groups:
+                    group["lr"] = scheduled_learning_rate(config, fraction_done)
                 start = time.perf_counter()
                 try:
                     loss, parts = self._step(student, pool, optimizer, loss_fn, captured, stage, step)
@@ -726,6 +736,21 @@ def _autocast_dtype(precision: str) -> torch.dtype | None:
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def scheduled_learning_rate(config: DistilConfig, fraction_done: float) -> float:
+    """The step's learning rate: a short linear warm-up, then cosine decay to zero at the end of the budget.
+
+    Why: a short CPU budget ends with a network still moving at the full rate; decaying it makes the last steps
+    settle (the budget is known in steps or seconds, so the schedule follows whichever is given).
+    """
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    fraction = min(max(fraction_done, 0.0), 1.0)
+    if fraction < WARMUP_FRACTION:
+        return config.learning_rate * (0.1 + 0.9 * fraction / WARMUP_FRACTION)
+    decay = (fraction - WARMUP_FRACTION) / (1.0 - WARMUP_FRACTION)
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * decay))
 
 
 @contextmanager
