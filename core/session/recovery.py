@@ -1,12 +1,12 @@
 """Recover: distil one expert's compressed network from its original, label-free, on the loaded CT.
 
 The window's Recover action, Qt-free (plan on the UI thread, run in a worker, apply on the UI thread):
-``recovery_job`` captures the expert's current setting (Tucker at its DF, or the pruning baseline at the same
-parameter count) and returns a function that runs core.distillation's Distiller with progress, a per-step
-callback (loss curve, ETA) and a cancel event; ``Session.apply_recovery`` keeps the distilled network and
-shows it (``Session.set_distilled`` switches back to zero-shot). The data: the loaded CT's patches (the scan
-the user wants segmented: distilling on it is legitimate, the teacher supplies the targets), plus a few
-phantoms when the model is the demo (its experts were trained on phantoms).
+``recovery_job`` captures the expert's current setting (Tucker at its DF or at its solved target's ranks, or
+the pruning baseline at the same parameter count) and returns a function that runs core.distillation's
+Distiller with progress, a per-step callback (loss curve, ETA) and a cancel event; ``Session.apply_recovery``
+keeps the distilled network and shows it (``Session.set_distilled`` switches back to zero-shot). The data: the
+loaded CT's patches (the scan the user wants segmented: distilling on it is legitimate, the teacher supplies
+the targets), plus a few phantoms when the model is the demo (its experts were trained on phantoms).
 
 Each run writes its checkpoint under ``checkpoint_dir``, keyed by expert, setting, seed, patch and data; Recover
 pressed again at the same setting resumes from it and trains for the budget again.
@@ -106,15 +106,17 @@ def recovery_job(
         raise SessionError("open a CT first: Recover distils on the loaded CT")
     if expert.is_full_rank():
         raise SessionError(f"{name} is not compressed (DF 1.0): there is nothing to recover")
-    if expert.base_key() != (round(expert.df, 6), (), expert.method):
+    if expert.overrides:
         raise SessionError(
-            f"Recover distils the DF rule's network: clear {name}'s per-layer ranks or target first"
+            f"Recover distils the DF rule's or a target's network: clear {name}'s per-layer ranks first"
         )
     loaded, engine, base_key = expert.loaded, expert.engine, expert.base_key()
     data = recovery_data(session, settings)
     config = DistilConfig(
         method=expert.method,  # type: ignore[arg-type]
-        df=expert.df,
+        df=expert.df if expert.target is None else None,
+        target=expert.target,
+        ranks=expert.target_ranks if expert.target is not None else None,
         steps=settings.steps,
         minutes=settings.minutes if settings.steps is None else None,
         patch_size=small_patch(loaded, settings.patch_cap),
@@ -178,7 +180,8 @@ def small_patch(expert: LoadedExpert, cap: int) -> tuple[int, int, int]:
 
 
 def config_key(expert: Any, settings: RecoverySettings) -> str:
-    return repr((expert.method, round(expert.df, 6), settings.seed, settings.patch_cap, settings.learning_rate))
+    setting = round(expert.df, 6) if expert.target is None else (expert.target, sorted(expert.ranks().items()))
+    return repr((expert.method, setting, settings.seed, settings.patch_cap, settings.learning_rate))
 
 
 def checkpoint_name(expert: LoadedExpert, key: str, data: ScanSource) -> str:
