@@ -265,12 +265,15 @@ def _truth(path: str, ct: str, model: str, expert: str) -> tuple[np.ndarray, lis
 
 def _distilled(folder: Path, engine: TuckerEngine) -> tuple[nn.Module, int, int]:
     """A saved compressed (e.g. distilled) expert's network and its cost, counted as its zero-shot form is:
-    Tucker from the manifest's ranks; a pruned one as pruning at its DF counts (kept weights only)."""
+    Tucker from the manifest's ranks; pruned as pruning to its matched ranks or DF counts (kept weights)."""
     network = load_expert(spec_from_folder(folder)).network
     manifest = read_json(Path(folder) / MANIFEST_NAME) if (Path(folder) / MANIFEST_NAME).is_file() else {}
     ranks = {name: tuple(entry["ranks"]) for name, entry in (manifest.get("layers") or {}).items()}
     if ranks:
         cost = count_network(engine, ranks)
+    elif manifest.get("matched_tucker_ranks"):  # a pruned student (distil): the Tucker ranks it was matched to
+        matched = {name: (int(pair[0]), int(pair[1])) for name, pair in manifest["matched_tucker_ranks"].items()}
+        cost = prune_to_match(engine, matched).cost
     elif isinstance(manifest.get("df"), int | float):
         cost = prune_to_match(engine, ranks_of(df_ranks(engine.layers, float(manifest["df"])))).cost
     else:
