@@ -9,8 +9,10 @@ scheduler runs again.
 A case that cannot be read (or an expert that cannot run on it) is a result too: status 'failed' with the
 reason, written like any other, so the cohort goes on and the failure shows in RESULTS/failures.csv.
 
-Each worker process keeps the experts, their factorised engines and the current case's preprocessing in
-memory, so the tasks of one case pay for loading and preprocessing once per worker.
+Each worker process keeps the experts it ran, their factorised engines and the current case's preprocessing
+in memory, so the tasks of one case pay for loading and preprocessing once per worker. Every record says
+where its task's time went (`stage_seconds`: case, model, factorise, network, original labels, segment,
+scores); everything but 'segment' is the engine's overhead, which scripts/bench_cohort.py reports.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tuckerscope.core.models.model_sources import ModelSource, resolve_source
 from tuckerscope.core.outputs.exports import atomic_outputs, write_text
 from tuckerscope.core.runtime.errors import UserError
 from tuckerscope.core.segmentation.expert_run import expert_engine
+from tuckerscope.core.segmentation.profile import StageProfile
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter
 
 DONE, FAILED = "done", "failed"
@@ -60,6 +63,7 @@ def run_task(plan: CohortPlan, task: Task, results: Path, after: object = None) 
     `after` is the original task's record for a setting: Dask passes it, so the setting runs after it.
     """
     started = time.perf_counter()
+    clock = StageProfile()
     record: dict[str, Any] = {
         "task": task.key,
         "case": task.case.name,
@@ -71,13 +75,14 @@ def run_task(plan: CohortPlan, task: Task, results: Path, after: object = None) 
     }
     try:
         if task.setting.method == ORIGINAL:
-            record.update(_run_original(plan, task, Path(results)))
+            record.update(_run_original(plan, task, Path(results), clock))
         else:
-            record.update(_run_setting(plan, task, Path(results)))
+            record.update(_run_setting(plan, task, Path(results), clock))
         record["status"] = DONE
     except RECOVERABLE as exc:
         record.update(status=FAILED, reason=str(exc) or type(exc).__name__, rows=[])
     record["task_seconds"] = time.perf_counter() - started
+    record["stage_seconds"] = clock.seconds
     write_record(task.result_path(results), record)
     return {k: v for k, v in record.items() if k != "rows"}
 
@@ -95,42 +100,59 @@ def read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _run_original(plan: CohortPlan, task: Task, results: Path) -> dict[str, Any]:
-    volume, segmenter = _case(str(task.case.ct))
-    expert = _expert(plan.model, task.expert)
-    started = time.perf_counter()
-    labels = segmenter.segment(expert, options=_options(plan))
-    seconds = time.perf_counter() - started
-    path = original_labels_path(results, task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_outputs() as out:
-        np.savez_compressed(out.file_for(path), labels=labels, seconds=seconds)
-    cost = count_network(_engine(plan.model, task.expert))
-    scores = _scores(plan, task, volume, expert, None, labels)
-    return {"segment_seconds": seconds, **_rows(task, cost.params, cost.flops, cost, seconds, scores)}
+def _run_original(plan: CohortPlan, task: Task, results: Path, clock: StageProfile) -> dict[str, Any]:
+    with clock.stage("case"):
+        volume, segmenter = _case(str(task.case.ct))
+    with clock.stage("model"):
+        expert = _expert(plan.model, task.expert)
+    with clock.stage("factorise"):  # here, so that this case's settings find the engine ready on this worker
+        _engine(plan.model, task.expert)
+    with clock.stage("network"):
+        cost = _original_cost(plan.model, task.expert)
+    with clock.stage("segment"):
+        labels = segmenter.segment(expert, options=_options(plan))
+    seconds = clock.seconds["segment"]
+    with clock.stage("original labels"):
+        path = original_labels_path(results, task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_outputs() as out:
+            np.savez_compressed(out.file_for(path), labels=labels, seconds=seconds)
+    with clock.stage("scores"):
+        scores = _scores(plan, task, volume, expert, None, labels)
+        rows = _rows(task, cost.params, cost.flops, cost, seconds, scores)
+    return {"segment_seconds": seconds, **rows}
 
 
-def _run_setting(plan: CohortPlan, task: Task, results: Path) -> dict[str, Any]:
-    cached = original_labels_path(results, task)
-    if not cached.is_file():
-        raise OSError(f"the original segmentation of {task.case.name} by {task.expert} failed, so it has no setting scores")
-    with np.load(cached) as stored:
-        original = stored["labels"]
-    volume, segmenter = _case(str(task.case.ct))
-    expert = _expert(plan.model, task.expert)
-    engine = _engine(plan.model, task.expert)
-    original_cost = count_network(engine)
-    if task.setting.model is not None:
-        network, params, flops = _distilled(task.setting.model, engine)
-    else:
-        ranks = _ranks(plan.model, task.expert, task.setting.df, task.setting.target)
-        network, cost = compressed_network(engine, task.setting.method, ranks)
-        params, flops = cost.params, cost.flops
-    started = time.perf_counter()
-    labels = segmenter.segment(expert, network, options=_options(plan))
-    seconds = time.perf_counter() - started
-    scores = _scores(plan, task, volume, expert, original, labels)
-    return {"segment_seconds": seconds, **_rows(task, params, flops, original_cost, seconds, scores)}
+def _run_setting(plan: CohortPlan, task: Task, results: Path, clock: StageProfile) -> dict[str, Any]:
+    with clock.stage("original labels"):
+        cached = original_labels_path(results, task)
+        if not cached.is_file():
+            raise OSError(
+                f"the original segmentation of {task.case.name} by {task.expert} failed, so it has no setting scores"
+            )
+        with np.load(cached) as stored:
+            original = stored["labels"]
+    with clock.stage("case"):
+        volume, segmenter = _case(str(task.case.ct))
+    with clock.stage("model"):
+        expert = _expert(plan.model, task.expert)
+    with clock.stage("factorise"):
+        engine = _engine(plan.model, task.expert)
+    with clock.stage("network"):
+        original_cost = _original_cost(plan.model, task.expert)
+        if task.setting.model is not None:
+            network, params, flops = _distilled(task.setting.model, engine)
+        else:
+            ranks = _ranks(plan.model, task.expert, task.setting.df, task.setting.target)
+            network, cost = compressed_network(engine, task.setting.method, ranks)
+            params, flops = cost.params, cost.flops
+    with clock.stage("segment"):
+        labels = segmenter.segment(expert, network, options=_options(plan))
+    seconds = clock.seconds["segment"]
+    with clock.stage("scores"):
+        scores = _scores(plan, task, volume, expert, original, labels)
+        rows = _rows(task, params, flops, original_cost, seconds, scores)
+    return {"segment_seconds": seconds, **rows}
 
 
 def compressed_network(
@@ -220,18 +242,20 @@ def _source(model: str) -> ModelSource:
 
 
 @functools.lru_cache(maxsize=8)
-def _experts(model: str) -> dict[str, LoadedExpert]:
-    return {expert.name: expert for expert in _source(model).load()}
-
-
 def _expert(model: str, name: str) -> LoadedExpert:
-    return _experts(model)[name]
+    """Only the experts this worker's tasks name are loaded (a TS 'total' has five; a cohort may use one)."""
+    return load_expert(next(spec for spec in _source(model).experts if spec.name == name))
 
 
 @functools.lru_cache(maxsize=8)
 def _engine(model: str, name: str) -> TuckerEngine:
     """On the network as nnU-Net runs it (one patch), factorised once per worker: slicing it per DF is instant."""
     return expert_engine(_expert(model, name))
+
+
+@functools.lru_cache(maxsize=8)
+def _original_cost(model: str, name: str) -> NetworkCost:
+    return count_network(_engine(model, name))
 
 
 @functools.lru_cache(maxsize=32)
