@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import surface_distance
 
-from tuckerscope.core.evaluation.metrics import ClassRef, MetricsError, compare, evaluate
+from tuckerscope.core.evaluation.metrics import (
+    ClassRef,
+    MetricsError,
+    compare,
+    evaluate,
+    sort_distances_surfels,
+)
 
 LIVER = ClassRef(1, "liver", "organs")
 SPLEEN = ClassRef(2, "spleen", "organs")
@@ -74,6 +80,30 @@ def test_cropping_to_the_class_box_matches_the_package_on_the_full_volume():
         full = surface_distance.compute_surface_distances(a == 1, b == 1, spacing)
     assert s.nsd == pytest.approx(surface_distance.compute_surface_dice_at_tolerance(full, 2.0))
     assert s.dice == pytest.approx(surface_distance.compute_dice_coefficient(a == 1, b == 1))
+
+
+def test_numpy_surfel_sort_gives_the_packages_arrays_and_scores_exactly(monkeypatch):
+    """The package's own sort (sorted() over (distance, area) pairs) against the numpy one, ties included."""
+    from surface_distance import metrics as package_metrics
+
+    def package_sort(distances, surfel_areas):
+        pairs = np.array(sorted(zip(distances, surfel_areas, strict=True)))
+        return pairs[:, 0], pairs[:, 1]
+
+    rng = np.random.default_rng(3)
+    distances = rng.integers(0, 5, 400) * 0.5  # many equal distances, ordered by area then
+    areas = rng.integers(1, 4, 400) * 0.25
+    for mine, theirs in zip(sort_distances_surfels(distances, areas), package_sort(distances, areas), strict=True):
+        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
+    a = cube(start=(5, 8, 11), size=14)
+    b = cube(start=(7, 6, 12), size=13)
+    b[rng.random(b.shape) < 0.05] = 0
+    spacing = (0.8, 1.5, 3.0)
+    (numpy_sorted,) = score(a, b, spacing, tolerance=1.0)
+    monkeypatch.setattr(package_metrics, "_sort_distances_surfels", package_sort)
+    (package_sorted,) = score(a, b, spacing, tolerance=1.0)
+    assert package_metrics._sort_distances_surfels is package_sort  # compare() did not re-patch it
+    assert numpy_sorted.nsd == package_sorted.nsd and numpy_sorted.dice == package_sorted.dice
 
 
 def test_empty_mask_rules():

@@ -273,13 +273,17 @@ def score_masks(
 
 @functools.cache
 def surface_distance_package() -> ModuleType:
-    """DeepMind's surface-distance, imported once, with its surfel-area table memoised per spacing.
+    """DeepMind's surface-distance, imported once, with its surfel-area table memoised per spacing and its
+    surfel sort done by numpy.
 
     The table depends only on the spacing but the package rebuilds it on every call, a third of the time
-    of scoring a 3 mm 'total' map class by class. The memoised builder is the package's own function.
+    of scoring a 3 mm 'total' map class by class. The memoised builder is the package's own function. The
+    package sorts (distance, area) pairs with Python's sorted() over a zip, half of what remains; the
+    lexicographic numpy sort gives the same two arrays element for element, so every score is unchanged.
     """
     import surface_distance
     from surface_distance import lookup_tables
+    from surface_distance import metrics as package_metrics
 
     build = functools.lru_cache(maxsize=16)(lookup_tables.create_table_neighbour_code_to_surface_area)
 
@@ -287,7 +291,16 @@ def surface_distance_package() -> ModuleType:
         return build(tuple(float(s) for s in spacing_mm))
 
     lookup_tables.create_table_neighbour_code_to_surface_area = table_for
+    package_metrics._sort_distances_surfels = sort_distances_surfels
     return surface_distance
+
+
+def sort_distances_surfels(distances: np.ndarray, surfel_areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """surface-distance's ``_sort_distances_surfels``: both arrays ordered by (distance, area), as float64."""
+    distances = np.asarray(distances, dtype=np.float64)
+    surfel_areas = np.asarray(surfel_areas, dtype=np.float64)
+    order = np.lexsort((surfel_areas, distances))
+    return distances[order], surfel_areas[order]
 
 
 def silence_surface_distance_deprecations() -> None:
