@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--expert",
         action="append",
         default=[],
+        metavar="NAME",
         help="distil only this expert (repeatable); with --target each named expert meets it on its own, "
         "without --expert the experts meet it together",
     )
@@ -90,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=[],
         metavar="DF",
-        help="teacher-assistant DF distilled first, then the target from it (repeatable, largest first)",
+        help="teacher-assistant DF distilled first, then the student from it (repeatable, largest first; a DF "
+        "also with --target, with more parameters than the student)",
     )
     parser.add_argument(
         "--data",
