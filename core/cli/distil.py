@@ -3,10 +3,11 @@
 For each chosen expert: the student is the expert compressed at its DF or at the per-layer ranks a --target
 asks for (Tucker, or the pruning baseline at that Tucker network's parameter count), the teacher the original
 network; --target reads as in compress (params=10x, flops=8x, time=1.5s, energy=0.9, ev=0.9, vbmf), for the
-chosen experts together or, with --expert, for each named expert on its own (teacher assistants stay DFs);
-the data are unlabelled CTs or phantoms, preprocessed as for inference (core.distillation). It prints the loss curve, the memory used and the
-agreement with the original (mean and worst-class Dice) of the zero-shot and the distilled student on
-held-out scans, and writes the distilled student as a model folder under -o that `--model OUT` runs.
+chosen experts together or, with --expert, for each named expert on its own (teacher assistants stay DFs); the
+data are unlabelled CTs or phantoms, preprocessed as for inference (core.distillation). It prints the loss
+curve, the memory used and the agreement with the original (mean and worst-class Dice) of the zero-shot and
+the distilled student on held-out scans, and writes the distilled student as a model folder under -o that
+`--model OUT` runs.
 Checkpoints go to OUT.checkpoints/<expert>.pth (or --resume's path) so a stopped run resumes; Ctrl-C stops
 after the current layer, saves the checkpoint and writes no model folder.
 """
