@@ -9,7 +9,6 @@ blocks: it only captures a job's inputs and applies its result.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from pyqtgraph.Qt import QtCore
@@ -66,8 +65,7 @@ class Compute(QtCore.QObject):
     ) -> None:
         super().__init__(parent)
         self.session = session
-        # Leave one core to the UI thread (drawing, and the GIL between torch ops): a slider must stay smooth.
-        session.inference = InferenceOptions(threads=max(1, (os.cpu_count() or 2) - 1))
+        session.inference = InferenceOptions(threads=policy.segmentation_threads())
         self.visible_slice, self.surface_budget, self.show_body_wall = visible_slice, surface_budget, show_body_wall
         self.lanes = {name: JobLane(name, self) for name in LANES}
         self.compress_lanes: dict[str, JobLane] = {}  # one per expert: dragging one must not drop another

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("pytestqt")
 pytestmark = pytest.mark.gui
@@ -108,6 +109,8 @@ def test_window_opens_ct_and_models_and_shows_both_sides(qtbot, tiny_window):
     assert window.heatmap_panel.expert_combo.count() == 2
     qtbot.waitUntil(lambda: window.timing_panel.table.rowCount() == 2, timeout=IDLE_TIMEOUT_MS)
     assert "fp32 on cpu" in window.timing_panel.setup_label.text()
+    # tiles as fast as `segment` and `bench forward`: every thread torch uses (one core fewer halved 2 cores)
+    assert session.inference.threads == torch.get_num_threads()
     window.timing_panel.measure_button.click()
     assert window.lanes["timing"].busy
     qtbot.waitUntil(window.is_idle, timeout=IDLE_TIMEOUT_MS)

@@ -6,6 +6,8 @@ scripts) without a window.
 
 from __future__ import annotations
 
+import torch
+
 from tuckerscope.core.evaluation.counts import ExpertSize
 from tuckerscope.core.session.session import ExpertModel, Session
 
@@ -15,6 +17,14 @@ SEGMENT_DEBOUNCE_MS = 200
 # is cheap (the demo); for TS models (tens of seconds per pass) the user presses Re-measure.
 AUTO_TIMING_MAX_FLOPS = 50e9
 TIMING_RUNS = 3
+
+
+def segmentation_threads() -> int:
+    """Threads for the window's tile forwards: torch's own choice (the physical cores), as `segment` and
+    `bench forward` use. Leaving a core to the UI thread halved the tile speed on a 2-core machine (one
+    thread instead of two) for little gain: the UI thread needs little CPU while the networks run, and a
+    newer request stops them before their next layer."""
+    return torch.get_num_threads()
 
 
 def debounce_ms(immediately: bool) -> int:
