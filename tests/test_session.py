@@ -17,6 +17,7 @@ from tuckerscope.core.segmentation.live_segmentation import (
     merge_for_display,
     run_segmentation,
 )
+from tuckerscope.core.session.jobs import heatmaps_job
 from tuckerscope.core.session.loading import load_expert_models
 from tuckerscope.core.session.session import CaseVolume, Session
 
@@ -190,3 +191,15 @@ def test_pruning_runs_at_the_parameter_budget_of_the_tucker_setting(loaded):
     assert any((w.flatten(1).abs().sum(1) == 0).any() for w in zeroed)  # whole output channels zeroed
     plan = session.plan_segmentation()
     assert plan.networks["first"] is pruned.network  # the refresh segments with the network just built
+
+
+def test_models_load_unfactorised_and_the_heatmaps_job_factorises_them(loaded):
+    """Loading leaves the factorisation (6 s of CPU for TS 'total') to a worker job: a reopened CT's cached
+    originals show without waiting for it."""
+    source, _ = loaded
+    experts = load_expert_models(source)
+    assert not any(expert.engine.is_factorised for expert in experts)
+    session = new_session((source, experts))
+    heatmaps = heatmaps_job(session)(lambda _fraction, _message: None, threading.Event())
+    assert all(expert.engine.is_factorised for expert in experts)
+    assert set(heatmaps) == set(session.experts) and all(heatmaps.values())

@@ -74,7 +74,8 @@ def budget_job(session: Session, scope: str) -> Callable[[ProgressCallback, thre
 def heatmaps_job(
     session: Session,
 ) -> Callable[[ProgressCallback, threading.Event], dict[str, list[LayerHeatmap]]]:
-    """Explained-variance grids of every layer of every expert, from the cached factors."""
+    """Explained-variance grids of every layer of every expert, from the cached factors (factorising each
+    expert first where loading left that to here: the first job of a model set, started with it)."""
     engines = {name: expert.engine for name, expert in session.experts.items()}
 
     def run(progress: ProgressCallback, cancel: threading.Event) -> dict[str, list[LayerHeatmap]]:
@@ -82,6 +83,9 @@ def heatmaps_job(
         for index, (name, engine) in enumerate(engines.items()):
             if cancel.is_set():
                 raise Cancelled("heatmaps cancelled")
+            if not engine.is_factorised:
+                progress(index / len(engines), f"factorising {name}")
+                engine.factorise(should_cancel=cancel.is_set)
             progress(index / len(engines), f"heatmaps of {name}")
             result[name] = [LayerHeatmap(layer, grid) for layer, grid in all_heatmaps(engine).items()]
         return result
