@@ -184,15 +184,11 @@ def test_bad_target_settings_are_refused_before_any_work(expert, engine, changes
         Distiller(expert, one_scan(), target_config(**changes), engine=engine)
 
 
-def test_recover_distils_an_experts_target_setting(tmp_path, monkeypatch):
-    from tuckerscope.core.session import recovery
+def test_recover_distils_an_experts_target_setting(tmp_path):
     from tuckerscope.core.session.jobs import budget_job
     from tuckerscope.core.session.loading import load_models, make_phantom_case
     from tuckerscope.core.session.recovery import RecoverySettings, recovery_job
     from tuckerscope.core.session.session import Session
-
-    # one crop per scan: the teacher's pass over a crop cover of the whole CT is not what this is about
-    monkeypatch.setattr(recovery, "covering_patches", lambda *args: 1, raising=False)
 
     demo = load_models("demo")
     session = Session()
@@ -202,7 +198,8 @@ def test_recover_distils_an_experts_target_setting(tmp_path, monkeypatch):
     session.set_target("organs", "params=10x")
     never = threading.Event()
     assert session.apply_budget(budget_job(session, "organs")(lambda f, m: None, never))
-    settings = RecoverySettings(minutes=None, steps=1, patch_cap=32, phantoms=0)
+    # two crops: the teacher's pass over a cover of the whole CT is not what this is about
+    settings = RecoverySettings(minutes=None, steps=1, patch_cap=32, phantoms=0, coverage=0.0)
     run, _, _ = recovery_job(session, "organs", settings, tmp_path)
     result = run(lambda f, m: None, lambda s: None, never)
     student = result.summary["student"]

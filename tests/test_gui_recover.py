@@ -22,7 +22,7 @@ from test_gui_window import IDLE_TIMEOUT_MS, make_settings, wait_idle  # noqa: E
 
 
 def fast(steps: int) -> RecoverySettings:
-    return RecoverySettings(minutes=None, steps=steps, patch_cap=32, phantoms=0, learning_rate=2e-2)
+    return RecoverySettings(minutes=None, steps=steps, patch_cap=32, phantoms=0, learning_rate=2e-2, coverage=0.0)
 
 
 @pytest.fixture

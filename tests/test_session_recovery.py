@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from tuckerscope.core.distillation.data import Scan
 from tuckerscope.core.runtime.errors import Cancelled
 from tuckerscope.core.segmentation.live_segmentation import run_segmentation
 from tuckerscope.core.session.loading import load_models, make_phantom_case
 from tuckerscope.core.session.recovery import (
+    POOL_BUDGET_GIB,
     RecoverySettings,
     agreement_pair,
+    covering_patches,
     figure2_job,
     recovery_data,
     recovery_job,
@@ -25,7 +28,7 @@ from tuckerscope.core.session.recovery import (
 from tuckerscope.core.session.session import Session, SessionError
 
 # a high learning rate: two steps must move the network far enough to change some labels
-FAST = RecoverySettings(minutes=None, steps=2, patch_cap=32, learning_rate=2e-2, phantoms=0)
+FAST = RecoverySettings(minutes=None, steps=2, patch_cap=32, learning_rate=2e-2, phantoms=0, coverage=0.0)
 NEVER = threading.Event()
 
 
@@ -149,6 +152,21 @@ def test_the_demo_distils_on_the_loaded_ct_and_phantoms(demo):
     data = recovery_data(session, RecoverySettings())
     assert len(data) == 3 and data.names[0] == "phantom (seed 7)" and "2 phantoms" in data.description
     assert len(recovery_data(session, RecoverySettings(phantoms=0))) == 1
+
+
+def test_the_loaded_ct_is_covered_by_its_crops_within_the_pool_budget(demo):
+    session = demo_session(demo)
+    organs = session.expert("organs").loaded
+    scan = recovery_data(session, RecoverySettings(phantoms=0)).loader(0)
+    patch = (32, 32, 32)
+    count = covering_patches(organs, scan, patch, scans=1, coverage=2.0)
+    model_voxels = scan.ct.size * abs(np.linalg.det(scan.affine[:3, :3])) / np.prod(organs.spacing)
+    assert count * np.prod(patch) >= 2 * model_voxels  # two crops (the old default) covered a fraction of it
+    assert covering_patches(organs, scan, patch, scans=1, coverage=0.0) == 2
+    entry = np.prod(patch) * (5 + 2 * len(organs.labels))
+    huge = Scan("huge", np.zeros((512, 512, 400), np.float32), scan.affine)
+    bounded = covering_patches(organs, huge, patch, scans=3, coverage=2.0)
+    assert 2 <= bounded and 3 * bounded * entry <= POOL_BUDGET_GIB * 1024**3 < 3 * (bounded + 1) * entry
 
 
 @pytest.mark.slow  # eight segmentations of the demo volume: ~20 s on a loaded 2-core machine

@@ -18,6 +18,7 @@ ratio for Tucker and pruning, zero-shot and briefly distilled.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,8 @@ DEMO_SOURCE = "demo"
 DEMO_PHANTOMS = 2  # phantoms added to the loaded CT for the demo model (seeds from 10,000: not its training ones)
 PATCH_CAP = 64  # voxels per axis: small patches keep the teacher pool and the activations small (memory)
 MAX_MEMORY_GIB = 8.0  # a run estimated above this is refused before anything is built
+POOL_BUDGET_GIB = 1.0  # the teacher pool's share: bounds how many crops cover the loaded CT
+COVERAGE = 1.0  # crops per scan: as many voxels as the loaded CT has at the model's spacing (random places)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class RecoverySettings:
     seed: int = 0
     phantoms: int | None = None  # None: DEMO_PHANTOMS for the demo model, none otherwise
     patch_cap: int = PATCH_CAP
+    coverage: float = COVERAGE  # 0: two crops per scan (tests)
     learning_rate: float = 3e-4
     max_memory_gib: float = MAX_MEMORY_GIB
 
@@ -112,6 +116,7 @@ def recovery_job(
         )
     loaded, engine, base_key = expert.loaded, expert.engine, expert.base_key()
     data = recovery_data(session, settings)
+    patch = small_patch(loaded, settings.patch_cap)
     config = DistilConfig(
         method=expert.method,  # type: ignore[arg-type]
         df=expert.df if expert.target is None else None,
@@ -119,7 +124,8 @@ def recovery_job(
         ranks=expert.target_ranks if expert.target is not None else None,
         steps=settings.steps,
         minutes=settings.minutes if settings.steps is None else None,
-        patch_size=small_patch(loaded, settings.patch_cap),
+        patch_size=patch,
+        patches_per_scan=covering_patches(loaded, data.loader(0), patch, len(data), settings.coverage),
         learning_rate=settings.learning_rate,
         seed=settings.seed,
         max_memory_bytes=int(settings.max_memory_gib * 1024**3),
@@ -177,6 +183,21 @@ def small_patch(expert: LoadedExpert, cap: int) -> tuple[int, int, int]:
         return check_patch_size(expert, capped)
     except PoolError:
         return check_patch_size(expert, expert.patch_size)
+
+
+def covering_patches(
+    expert: LoadedExpert, scan: Scan, patch: tuple[int, int, int], scans: int, coverage: float = COVERAGE
+) -> int:
+    """Crops per scan holding ``coverage`` times the loaded CT's voxels at the model's spacing, within the
+    pool budget. Why: with two crops of the loaded CT alone, a short Recover taught the student only those two
+    places, and it painted a false-positive blob outside the body elsewhere."""
+    physical = float(scan.ct.size) * abs(float(np.linalg.det(scan.affine[:3, :3])))
+    model_voxels = physical / float(np.prod(expert.spacing))
+    patch_voxels = int(np.prod(patch))
+    wanted = math.ceil(coverage * model_voxels / patch_voxels)
+    entry_bytes = patch_voxels * (4 + 2 * len(expert.labels) + 1)
+    affordable = int(POOL_BUDGET_GIB * 1024**3) // (entry_bytes * max(scans, 1))
+    return max(2, min(wanted, affordable))
 
 
 def config_key(expert: Any, settings: RecoverySettings) -> str:
