@@ -128,3 +128,29 @@ def test_parsers():
     assert parse_dfs(["1.0"], ["organs"]) == {}
     with pytest.raises(UserError):
         parse_dfs(["x"], ["organs"])
+
+
+@pytest.mark.parametrize("df", [None, "0.3"])
+def test_experts_are_loaded_one_at_a_time(ct_file, tmp_path, monkeypatch, df):
+    """An expert's network (and Tucker factors) is gone before the next expert loads: peak memory holds one."""
+    import weakref
+
+    from tuckerscope.core.cli import segment as segment_cli
+
+    for seed, name in enumerate(("a", "b", "c")):
+        write_tiny_model(tmp_path / "models" / name, seed=seed)
+    loaded: list[weakref.ref] = []
+    load = segment_cli.load_expert
+
+    def load_checked(spec):
+        alive = [ref for ref in loaded if ref() is not None]
+        assert not alive, f"{len(alive)} earlier expert network(s) still in memory when loading {spec.name}"
+        expert = load(spec)
+        loaded.append(weakref.ref(expert.network))
+        return expert
+
+    monkeypatch.setattr(segment_cli, "load_expert", load_checked)
+    out = tmp_path / "seg.nii.gz"
+    argv = ["-i", str(ct_file), "-o", str(out), "--model", str(tmp_path / "models")]
+    assert run(*argv, *(["--df", df] if df else [])) == 0
+    assert len(loaded) == 3

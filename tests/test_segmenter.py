@@ -18,6 +18,7 @@ from tuckerscope.core.segmentation.segmenter import (
     InferenceOptions,
     SegmentationError,
     Segmenter,
+    _AggregationBuffer,
     _Progress,
     _TileRun,
     recipe_for,
@@ -142,6 +143,32 @@ def test_swapped_network_changes_the_result_and_is_not_cached(expert, ct, refere
     swapped = segmenter.segment(expert, other)
     assert (swapped != original).any()
     assert segmenter.segment(expert) is original
+
+
+def test_runs_share_one_aggregation_buffer(expert, ct, reference):
+    """Every run sums into the same allocation, zeroed first: nothing of an earlier run's sums leaks in."""
+    segmenter = Segmenter(*ct)
+    other = copy.deepcopy(expert.network)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    segmenter.segment(expert, other)
+    storage = segmenter._sums._storage.data_ptr()
+    np.testing.assert_array_equal(segmenter.segment(expert), reference)
+    assert segmenter._sums._storage.data_ptr() == storage
+
+
+def test_aggregation_buffer_grows_only_when_a_run_needs_more():
+    sums = _AggregationBuffer()
+    logits, weights = sums.zeros(3, (4, 5, 6))
+    assert logits.shape == (3, 4, 5, 6) and weights.shape == (4, 5, 6) and logits.dtype == torch.half
+    logits.fill_(1)
+    weights.fill_(2)
+    fewer, fewer_weights = sums.zeros(2, (4, 5, 6))
+    assert fewer.data_ptr() == logits.data_ptr()
+    assert not fewer.any() and not fewer_weights.any()
+    more, more_weights = sums.zeros(5, (4, 5, 6))
+    assert more.shape == (5, 4, 5, 6) and not more.any() and not more_weights.any()
 
 
 def test_cancel_with_event_and_callable(expert, ct):

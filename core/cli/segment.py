@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,10 @@ from tuckerscope.core.cli.compress import (
 from tuckerscope.core.compression.ranks import parse_df_options
 from tuckerscope.core.evaluation.timing import ForwardSetup
 from tuckerscope.core.imaging.volume import Volume, load_volume
-from tuckerscope.core.models.model_folder import LoadedExpert
+from tuckerscope.core.models.model_folder import LoadedExpert, load_expert
 from tuckerscope.core.models.model_sources import TASK_NAMES, ModelSource, resolve_source
 from tuckerscope.core.runtime.errors import UserError
-from tuckerscope.core.runtime.memory import retain_by_default
+from tuckerscope.core.runtime.memory import hand_back_freed_memory, retain_by_default
 from tuckerscope.core.segmentation.profile import StageCallback, StageProfile, timed_stage
 from tuckerscope.core.segmentation.runtimes import RUNTIMES
 from tuckerscope.core.segmentation.segmenter import (
@@ -142,24 +142,27 @@ def _run(args: argparse.Namespace) -> int:
     else:
         source = resolve_source(task=args.task or "total", ts_home=args.ts_home)
     clock.lap("read volume")
-    with timed_stage(profile, "load experts"):
-        experts = source.load()
     if args.target and args.df:
         raise SegmentArgumentError("use either --target or --df, not both")
-    dfs = parse_dfs(args.df, [e.name for e in experts])
-    clock.lap("load experts")
-    with timed_stage(profile, "compress"):
-        if args.target:
+    dfs = parse_dfs(args.df, [spec.name for spec in source.experts])
+    if args.target:  # the budget is shared out over all experts at once
+        with timed_stage(profile, "load experts"):
+            experts = source.load()
+        clock.lap("load experts")
+        with timed_stage(profile, "compress"):
             progress.update(0.0, f"choosing ranks for --target {args.target}")
             setup = ForwardSetup(device=args.device, precision=args.precision, threads=args.threads)
             runs, results = budgeted_runs(experts, args.target, args.expert, setup, args.method)
             for result in results:
                 progress.note(f"target: {result.message}")
             networks = {name: run.build() for name, run in runs.items()}
-        else:
-            networks = compress_experts(experts, dfs, progress, args.method)
-    clock.lap("factorise and compress")
-    labels = segment_source(volume, source, experts, networks, options, roi, progress, profile)
+        clock.lap("factorise and compress")
+        labels = segment_source(
+            volume, source, ((e, networks.get(e.name)) for e in experts), options, roi, progress, profile
+        )
+    else:
+        runs_one_by_one = expert_by_expert(source, dfs, progress, args.method, profile)
+        labels = segment_source(volume, source, runs_one_by_one, options, roi, progress, profile)
     clock.lap("segment")
     progress.finish(f"segmented in {clock.total():.1f} s")
     with timed_stage(profile, "write"):
@@ -241,26 +244,44 @@ def compress_experts(
     return networks
 
 
+def expert_by_expert(
+    source: ModelSource,
+    dfs: Mapping[str, float],
+    progress: TerminalProgress,
+    method: str = "tucker",
+    profile: StageCallback | None = None,
+) -> Iterator[tuple[LoadedExpert, torch.nn.Module | None]]:
+    """Each expert loaded, and compressed where ``dfs`` names it, only when its turn comes, and dropped before the
+    next one loads: one expert's weights (and Tucker factors) in memory at a time, not five (0.6 GB for 'total')."""
+    for spec in source.experts:
+        with timed_stage(profile, "load experts"):
+            expert = load_expert(spec)
+        with timed_stage(profile, "compress"):
+            network = compress_experts([expert], dfs, progress, method).get(expert.name)
+        yield expert, network
+        del expert, network
+
+
 def segment_source(
     volume: Volume,
     source: ModelSource,
-    experts: Sequence[LoadedExpert],
-    networks: Mapping[str, torch.nn.Module],
+    runs: Iterable[tuple[LoadedExpert, torch.nn.Module | None]],
     options: InferenceOptions,
     roi: Roi | None,
     progress: TerminalProgress,
     profile: StageCallback | None = None,
 ) -> np.ndarray:
-    """Every expert through the TS pipeline (compressed where ``networks`` has one), merged as TS merges."""
+    """Every (expert, network) of ``source``, in its order, through the TS pipeline (network None: the expert's
+    own), merged as TS merges. Nothing here keeps an expert once it is done: ``runs`` may load them lazily."""
     segmenter = Segmenter(volume.data, volume.affine, profile=profile)
     outputs = []
-    for index, expert in enumerate(experts):
-        share = (index / len(experts), (index + 1) / len(experts))
+    count = len(source.experts)
+    for expert, network in runs:  # not enumerate(): its cached result tuple would keep the last expert alive
+        share = (len(outputs) / count, (len(outputs) + 1) / count)
 
         def report(fraction: float, message: str, share: tuple[float, float] = share) -> None:
             progress.update(share[0] + (share[1] - share[0]) * fraction, message)
 
-        network = networks.get(expert.name)
         if roi is None:
             labels = segmenter.segment(expert, network, options=options, progress=report)
         else:
@@ -268,7 +289,10 @@ def segment_source(
                 expert, network, roi=roi, options=options, progress=report, roi_only=True
             )
             labels = next(results).labels
+            results.close()  # a suspended run would hold its network
         outputs.append(labels)
+        del expert, network, labels  # before the next expert loads
+        hand_back_freed_memory()
     return source.merge(outputs)
 
 

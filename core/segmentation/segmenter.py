@@ -246,6 +246,7 @@ class Segmenter:
         self._disk = original_cache
         self._volume_hash: str | None = None
         self._runtimes = _Runtimes()
+        self._sums = _AggregationBuffer()
 
     # -- public API -------------------------------------------------------------------------------------------
 
@@ -307,6 +308,7 @@ class Segmenter:
             is_original,
             self._profile,
             self._runtimes,
+            self._sums,
         )
         if roi is not None:
             roi = check_roi(roi, self.shape)
@@ -451,6 +453,9 @@ class Segmenter:
                 self._preprocessed[shared_key] = (tensor, properties)
             tensor, properties = self._preprocessed[shared_key]
             predictor = nnunet_predictor(expert, recipe.tile_step_size)
+            # A run lends the predictor its network (_TileRun._network_on); kept here, the weights of every expert
+            # ever segmented would live as long as the Segmenter, though `segment` loads one expert at a time.
+            predictor.network = None
             self._prepared[key] = _Prepared(tensor, properties, predictor, recipe)
         return self._prepared[key]
 
@@ -665,10 +670,12 @@ class _TileRun:
         original: bool = True,
         profile: StageCallback | None = None,
         runtimes: _Runtimes | None = None,
+        sums: _AggregationBuffer | None = None,
     ) -> None:
         self.prepared = prepared
         self.profile = profile
         self.runtimes = runtimes or _Runtimes()
+        self.sums = sums or _AggregationBuffer()
         self.openvino: OpenVinoTiles | None = None
         self.network = network
         self.options = options
@@ -703,8 +710,7 @@ class _TileRun:
                     self.openvino = self.runtimes.openvino_for(self, device)
             # Results stay on the CPU like nnU-Net's OOM fallback; on CUDA nnU-Net would keep them on the GPU.
             results_device = torch.device("cpu")
-            logits = torch.zeros((heads, *self.padded.shape[1:]), dtype=torch.half, device=results_device)
-            weights = torch.zeros(self.padded.shape[1:], dtype=torch.half, device=results_device)
+            logits, weights = self.sums.zeros(heads, tuple(self.padded.shape[1:]))
             gaussian = compute_gaussian(
                 self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results_device
             )
@@ -795,6 +801,31 @@ class _TileRun:
                 network.to(memory_format=torch.contiguous_format)
             network.to("cpu")
             torch.set_num_threads(threads)
+
+
+class _AggregationBuffer:
+    """The sliding window's fp16 sums (logits per class, Gaussian weights), one allocation reused by every run.
+
+    Why: a 'total' expert's sums take 0.5-0.6 GB on an ordinary CT, and experts differ in class count. With freed
+    memory retained (core.runtime.memory) a fresh, larger buffer per expert lands above the heap the previous
+    expert left, whose holes small allocations have split meanwhile, and the peak grows expert by expert. One
+    buffer, replaced only when a run needs more, keeps the peak at the largest expert's. A run's result is a view
+    of it: the next run overwrites it, so a Segmenter turns each run's logits into labels before the next run.
+    """
+
+    def __init__(self) -> None:
+        self._storage = torch.empty(0, dtype=torch.half)
+
+    def zeros(self, heads: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed (heads, *shape) logit sums and (*shape) weight sums, as nnU-Net's torch.zeros gives them."""
+        voxels = int(np.prod(shape))
+        needed = (heads + 1) * voxels
+        if self._storage.numel() < needed:
+            self._storage = torch.empty(0, dtype=torch.half)  # the old one goes before the new one is made
+            self._storage = torch.empty(needed, dtype=torch.half)
+        sums = self._storage[:needed]
+        sums.zero_()
+        return sums[: heads * voxels].view(heads, *shape), sums[heads * voxels :].view(shape)
 
 
 @contextmanager
