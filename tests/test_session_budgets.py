@@ -123,3 +123,16 @@ def test_a_second_load_of_the_same_ct_and_model_takes_its_originals_from_the_dis
     calls.clear()
     load(OriginalCache(tmp_path / "cache"))
     assert calls, "after clear() the originals are segmented again"
+
+
+def test_the_same_target_solved_to_other_ranks_is_another_setting(loaded):  # noqa: F811
+    session = new_session(loaded)
+    solve(session, "first", "params=3x")
+    first = session.experts["first"]
+    key = first.rank_key()
+    first.distilled_for = first.base_key()  # as a finished Recover leaves it
+    assert first.show_distilled
+    layer = next(iter(first.target_ranks))
+    r_out, r_in = first.target_ranks[layer]
+    first.target_ranks = {**first.target_ranks, layer: (max(1, r_out - 1), r_in)}  # a time target re-timed
+    assert first.rank_key() != key and not first.show_distilled

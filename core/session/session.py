@@ -143,8 +143,9 @@ class ExpertModel:
     def base_key(self) -> RankKey:
         """Identifies the compression setting, zero-shot or distilled alike."""
         overrides = tuple(sorted(self.overrides.items()))
-        if self.target is not None:
-            return ("target", self.target, self.target_scope, overrides, self.method)
+        if self.target is not None:  # the solved ranks too: a time target solved again may land elsewhere
+            solved = tuple(sorted(self.target_ranks.items())) if self.target_ranks is not None else None
+            return ("target", self.target, self.target_scope, solved, overrides, self.method)
         return (round(self.df, 6), overrides, self.method)
 
     @property
