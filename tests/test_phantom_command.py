@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -41,3 +44,12 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(["phantom", "-o", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_subcommand_builds_its_parser_without_importing_the_others():
+    code = (
+        "import sys; from tuckerscope.core.cli.main import build_parser; build_parser(['phantom']); "
+        "print(sorted(m for m in sys.modules if m.startswith('tuckerscope.core.cli.')), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["['tuckerscope.core.cli.main',", "'tuckerscope.core.cli.phantom']", "False"]

@@ -19,14 +19,17 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; with a subcommand first in ``argv``, only that subcommand's module is imported (each pulls in
+    its own stack, torch included: `tuckerscope phantom --help` need not load the others)."""
     parser = argparse.ArgumentParser(
         prog="tuckerscope",
         description="Preview post-training Tucker compression of TotalSegmentator models.",
     )
     parser.add_argument("--version", action="version", version=f"tuckerscope {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    chosen = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
+    for name in chosen:
         importlib.import_module(f"tuckerscope.core.cli.{name}").register(subparsers)
     return parser
 
@@ -37,9 +40,10 @@ def is_subcommand(argv: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     if not getattr(args, "func", None):
-        args = build_parser().parse_args(["demo"])
+        args = build_parser(["demo"]).parse_args(["demo"])
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
