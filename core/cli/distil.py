@@ -42,7 +42,13 @@ from tuckerscope.core.distillation.data import (
     parse_data,
     phantom_source,
 )
-from tuckerscope.core.distillation.distiller import DistilConfig, Distiller, DistilResult, checkpoint_ranks
+from tuckerscope.core.distillation.distiller import (
+    DEFAULT_LEARNING_RATE,
+    DistilConfig,
+    Distiller,
+    DistilResult,
+    checkpoint_ranks,
+)
 from tuckerscope.core.distillation.losses import LossWeights
 from tuckerscope.core.distillation.saving import save_distilled
 from tuckerscope.core.distillation.students import METHODS
@@ -117,7 +123,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--patch", help="patch size Z,Y,X in model axes (default: the plans' patch size)")
     parser.add_argument("--patches-per-scan", type=int, default=2, help="patches drawn per scan (default 2)")
     parser.add_argument("--batch", type=int, default=1, help="patches per step (default 1)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=DEFAULT_LEARNING_RATE,
+        help=f"peak Adam learning rate (default {DEFAULT_LEARNING_RATE:g}; warm-up, then cosine decay over the budget)",
+    )
     parser.add_argument("--temperature", type=float, default=2.0, help="KL temperature (default 2)")
     parser.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
     parser.add_argument(

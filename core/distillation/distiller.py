@@ -6,8 +6,8 @@
 
 What a step does: draw ``batch_size`` patches from the pool (patches + cached teacher outputs, pool.py) with a
 numpy Generator keyed by (seed, stage, step), run the student on them (autocast on CUDA, or bf16 when asked),
-take the loss (losses.py), clip the gradient norm at 12 (nnU-Net's value), one Adam step (lr 3e-4), and
-re-zero pruned channels. The batch choice depends only on the key, and nothing else in a step is random, so a
+take the loss (losses.py), clip the gradient norm at 12 (nnU-Net's value), one Adam step (peak lr 1e-3: a 3%
+warm-up, then cosine decay to zero over the budget, steps or seconds), and re-zero pruned channels. The batch choice depends only on the key, and nothing else in a step is random, so a
 run is deterministic from its seed and a resumed run continues exactly where the checkpoint left it.
 
 The student is the expert at a DF (the paper's rule on every layer) or at a budget's per-layer ranks:
@@ -75,6 +75,7 @@ ETA_WINDOW = 10
 PRECISIONS = ("fp32", "bf16")
 LOSS_TEMPORARIES = 6
 LR_SCHEDULES = ("cosine", "constant")
+DEFAULT_LEARNING_RATE = 1e-3  # peak; demo organs DF 0.2, 214 steps: 0.968 -> 0.971 Dice vs constant 3e-4
 WARMUP_FRACTION = 0.03
 
 
@@ -97,7 +98,7 @@ class DistilConfig:
     patch_size: tuple[int, int, int] | None = None
     patches_per_scan: int = 2
     batch_size: int = 1
-    learning_rate: float = 3e-4
+    learning_rate: float = DEFAULT_LEARNING_RATE
     lr_schedule: str = "cosine"
     losses: LossWeights = field(default_factory=LossWeights)
     seed: int = 0

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from tuckerscope.core.distillation.data import Scan, ScanSource, phantom_source, single_scan_source
-from tuckerscope.core.distillation.distiller import DistilConfig, Distiller, StepReport
+from tuckerscope.core.distillation.distiller import DEFAULT_LEARNING_RATE, DistilConfig, Distiller, StepReport
 from tuckerscope.core.distillation.figure2 import DEFAULT_DFS, Figure2, Figure2Point, figure2
 from tuckerscope.core.distillation.pool import PoolError, check_patch_size
 from tuckerscope.core.models.model_folder import LoadedExpert
@@ -69,7 +69,7 @@ class RecoverySettings:
     phantoms: int | None = None  # None: DEMO_PHANTOMS for the demo model, none otherwise
     patch_cap: int = PATCH_CAP
     coverage: float = COVERAGE  # 0: two crops per scan (tests)
-    learning_rate: float = 3e-4
+    learning_rate: float = DEFAULT_LEARNING_RATE
     max_memory_gib: float = MAX_MEMORY_GIB
 
 
