@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, help="peak Adam learning rate (default: DistilConfig's)")
     parser.add_argument("--lr-schedule", choices=("cosine", "constant"), help="default: DistilConfig's")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="student's training precision")
     parser.add_argument(
         "--figure2", type=Path, metavar="PNG", help="figure 2 for one phantom, drawn into PNG"
     )
@@ -136,6 +137,7 @@ def config_for(args: argparse.Namespace, patch: tuple[int, ...] | None) -> Disti
         patches_per_scan=args.patches_per_scan,
         losses=LossWeights(features=args.features),
         seed=args.seed,
+        precision=args.precision,
         **({"learning_rate": args.lr} if args.lr else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule else {}),
     )
@@ -150,7 +152,7 @@ def bench_demo_expert(expert: LoadedExpert, args: argparse.Namespace, patch: tup
     wall = time.perf_counter() - start
     stage = result.stages[-1]
     print(
-        f"[{expert.name}] {args.method} DF {args.df:g}: {result.student.compression_ratio:.1f}x fewer parameters; "
+        f"[{expert.name}] {args.method} DF {args.df:g} ({args.precision}): {result.student.compression_ratio:.1f}x fewer parameters; "
         f"{len(result.records)} steps in {stage.train_seconds:.0f} s = {stage.seconds_per_step:.2f} s/step "
         f"(patch {'x'.join(map(str, distiller.patch_size))}); teacher pool {stage.pool_patches} patches, "
         f"{stage.pool_bytes / GIB:.3f} GiB, teacher {stage.teacher_seconds:.0f} s; wall {wall:.0f} s"
