@@ -7,7 +7,9 @@ segmentation) and the engine overhead (the share of the workers' time in the run
 scheduling, transfers, idle workers, the tail). Then the task time by component, from each task's record
 (`stage_seconds`); 'record write, rest' is Dask's compute time minus the record's own total (the result
 file's atomic write, pickling). 'model' and 'factorise' are paid once per worker and expert; the last
-column is the overhead without them, what a long cohort pays per task.
+column is the overhead without them, what a long cohort pays per task. Inside 'segment', the case's
+preparation (reorient, resample, normalise) is paid again by every worker a case's tasks land on: the run
+says how often a case was prepared, against the minimum of once per case and expert.
 
     .venv/bin/python scripts/bench_cohort.py [--cases 4] [--experts vessels] [--df 0.5,0.3] [--spacing 6]
         [--workers 1,2]
@@ -31,6 +33,7 @@ from tuckerscope.core.cohorts.tasks import read_record
 COMPONENTS = ("case", "model", "factorise", "network", "original labels", "segment", "scores")
 PER_WORKER = ("model", "factorise")
 REST = "record write, rest"
+PREPARATION = ("reorient", "resample", "normalise")
 
 
 def run(cohort: Path, workers: int, experts: tuple[str, ...], dfs: list[float], out: Path) -> dict:
@@ -49,15 +52,19 @@ def run(cohort: Path, workers: int, experts: tuple[str, ...], dfs: list[float], 
         client.close()
         cluster.close()
     compute = {
-        entry["key"].split("-", 2)[2]: sum(s["stop"] - s["start"] for s in entry["startstops"] if s["action"] == "compute")
+        entry["key"].split("-", 3)[3]: sum(s["stop"] - s["start"] for s in entry["startstops"] if s["action"] == "compute")
         for entry in stream.data
     }
     components = dict.fromkeys((*COMPONENTS, REST), 0.0)
+    preparing, prepared = 0.0, 0
     for task in plan.tasks():
         record = read_record(task.result_path(out)) or {}
         for name, seconds in (record.get("stage_seconds") or {}).items():
             components[name] += seconds
         components[REST] += compute[task.key] - record.get("task_seconds", 0.0)
+        stages = record.get("segment_stages") or {}
+        preparing += sum(stages.get(name, 0.0) for name in PREPARATION)
+        prepared += any(name in stages for name in PREPARATION)
     task_time = sum(compute.values())
     overhead = task_time - components["segment"]
     steady = overhead - sum(components[name] for name in PER_WORKER)
@@ -72,6 +79,9 @@ def run(cohort: Path, workers: int, experts: tuple[str, ...], dfs: list[float], 
         "engine_overhead": 1 - task_time / (wall * workers),
         "task_s": task_time,
         "components": components,
+        "preparing_s": preparing,
+        "prepared": prepared,
+        "minimum_prepared": len(plan.cases) * len(plan.experts),
     }
 
 
@@ -107,6 +117,11 @@ def main() -> None:
     for name in (*COMPONENTS, REST):
         cells = [f"{f['components'][name]:8.2f} s {f['components'][name] / f['task_s']:6.1%}" for f in figures.values()]
         print(f"{name:>20} " + " ".join(f"{c:>18}" for c in cells))
+        if name == "segment":
+            cells = [f"{f['preparing_s']:8.2f} s {f['preparing_s'] / f['task_s']:6.1%}" for f in figures.values()]
+            print(f"{'(preparing the case)':>20} " + " ".join(f"{c:>18}" for c in cells))
+    for workers, f in figures.items():
+        print(f"{workers} worker(s): cases prepared {f['prepared']} times (once per case and expert: {f['minimum_prepared']})")
     if 1 in figures:
         for workers in (w for w in figures if w != 1):
             ratio = figures[workers]["tasks_per_min"] / figures[1]["tasks_per_min"]

@@ -19,9 +19,9 @@ from PIL import Image
 
 from tuckerscope.core.cli.main import main
 from tuckerscope.core.cli.phantom import write_phantom_cohort
-from tuckerscope.core.cohorts.engine import run_cohort
+from tuckerscope.core.cohorts.engine import local_client, run_cohort
 from tuckerscope.core.cohorts.plan import CohortError, CohortPlan, df_settings, find_cases
-from tuckerscope.core.cohorts.results import load_results, open_results
+from tuckerscope.core.cohorts.results import load_results, open_results, task_records
 from tuckerscope.core.cohorts.tasks import read_record
 from tuckerscope.core.models.model_sources import demo_source
 
@@ -42,11 +42,9 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
-    client = distributed.Client(cluster)
+    client = local_client(2, dashboard_address=":0")  # as `cohort --workers 2` makes it
     yield client
+    cluster = client.cluster
     client.close()
     cluster.close()
 
@@ -93,6 +91,22 @@ def check_every_score(results, experts):
 
 def test_every_score_of_every_case(results):
     check_every_score(results, FAST_EXPERTS)
+
+
+def test_settings_run_where_their_case_is_prepared_and_say_where_their_time_went(results):
+    """Each setting goes to the worker that ran its original, which still holds the case prepared."""
+    records = [r for r in task_records(results) if r["status"] == "done"]
+    ran_original = {(r["case"], r["expert"]): r["worker"] for r in records if r["method"] == "original"}
+    settings = [r for r in records if r["method"] != "original"]
+    assert len(settings) == 4 and len({r["worker"] for r in records}) == 2
+    assert all(r["worker"] == ran_original[r["case"], r["expert"]] for r in settings)
+    assert not any({"reorient", "resample", "normalise"} & set(r["segment_stages"]) for r in settings)
+    for record in records:
+        stages = record["stage_seconds"]
+        assert {"case", "model", "factorise", "network", "original labels", "segment", "scores"} <= set(stages)
+        assert stages["segment"] == record["segment_seconds"]
+        assert sum(stages.values()) <= record["task_seconds"]
+        assert "tiles (network)" in record["segment_stages"]
 
 
 def test_open_results_gives_the_window_curves_and_per_class_table(results, tmp_path):
@@ -177,7 +191,7 @@ def test_a_worker_killed_mid_task_loses_only_that_task(cohort, client, tmp_path)
         for pid, keys in client.run(executing).values():
             if keys:
                 os.kill(pid, signal.SIGKILL)
-                killed = (pid, keys[0].split("-", 2)[2])
+                killed = (pid, keys[0].split("-", 3)[3])  # cohort-KIND-TOKEN-CASE/EXPERT/SETTING
                 break
         time.sleep(0.05)
     runner.join(timeout=300)

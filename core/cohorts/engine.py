@@ -2,8 +2,10 @@
 
 The client is either an embedded LocalCluster (`local_client`) or any running scheduler (a dask-scheduler
 with dask-workers, dask-jobqueue on Slurm, Kubernetes): the engine only submits tasks to it. Settings
-depend on their case's original, so the original of each (case, expert) runs once and every setting reuses
-its cached labels. Tasks already recorded in RESULTS/tasks are not submitted again.
+need their case's original, so the original of each (case, expert) runs once and every setting reuses its
+cached labels: a setting is submitted when its original has run, to the worker that ran it (which holds
+the case prepared), or to any worker if that one is gone. Tasks already recorded in RESULTS/tasks are
+not submitted again.
 
 Faults: a worker lost mid-task (killed, out of memory) is rescheduled by the scheduler elsewhere, and a
 task that raises is retried (`RETRIES`); its finished siblings are untouched because each one's result is
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from distributed import Client
 
 RETRIES = 2
+WORKER_PRELOAD = "tuckerscope.core.cohorts.worker"
+"""What `dask worker ... --preload` should name on a cluster too, so that no task pays for imports."""
 PLAN_FILE = "cohort.json"
 COMPATIBLE_FIELDS = ("model", "tolerance_mm", "device", "precision")
 """A results folder's tasks are reused only by a cohort that agrees on these (other cases or DFs may differ)."""
@@ -79,14 +83,26 @@ ProgressHook = Callable[[CohortProgress, dict[str, Any] | None], None]
 
 
 def local_client(workers: int, dashboard_address: str | None = ":8787") -> Client:
-    """An embedded cluster of `workers` single-threaded processes (torch runs one thread in each)."""
+    """An embedded cluster of `workers` single-threaded processes (torch runs one thread in each), each
+    importing what its tasks need as it starts (`WORKER_PRELOAD`).
+
+    Without work stealing: Dask would move a queued setting to an idle worker because its input is a few
+    bytes, but that worker must then read and prepare the case again (seconds on a real CT); workers stay
+    busy anyway by pulling the next original, and a lost worker's tasks still go elsewhere.
+    """
+    import dask
     from distributed import Client, LocalCluster
 
     if workers < 1:
         raise CohortError(f"--workers must be at least 1, got {workers}")
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=dashboard_address
-    )
+    with dask.config.set({"distributed.scheduler.work-stealing": False}):
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=dashboard_address,
+            preload=[WORKER_PRELOAD],
+        )
     return Client(cluster)
 
 
@@ -127,33 +143,51 @@ def run_cohort(
     state = CohortProgress(total=len(tasks), skipped=len(tasks) - len(pending))
     started = time.perf_counter()
     token = secrets.token_hex(4)  # keys unique per run, so a shared scheduler never returns an old result
-    futures: dict[str, Any] = {}
-    by_future: dict[Any, Task] = {}
     order = {case.name: index for index, case in enumerate(plan.cases)}
-    for task in pending:
-        original = futures.get(plan.original_of(task).key) if task.setting.method != ORIGINAL else None
+    by_future: dict[Any, Task] = {}
+    held: dict[str, list[Task]] = {}  # original's key -> its pending settings, submitted once it has run
+
+    def submit(task: Task, worker: str | None = None) -> Any:
         future = client.submit(
             run_task,
             plan,
             task,
             results,
-            *([original] if original is not None else []),
-            key=f"cohort-{token}-{task.key}",
+            key=task_key(token, task),
             retries=RETRIES,
             priority=len(plan.cases) - order[task.case.name],
             pure=False,
+            workers=[worker] if worker else None,
+            allow_other_workers=worker is not None,
         )
-        futures[task.key] = future
         by_future[future] = task
+        return future
+
+    pending_originals = {t.key for t in pending if t.setting.method == ORIGINAL}
+    first = []
+    for task in pending:
+        original = plan.original_of(task).key
+        if task.setting.method != ORIGINAL and original in pending_originals:
+            held.setdefault(original, []).append(task)
+        else:
+            first.append(submit(task))
     if progress is not None:
         progress(state, None)
-    for future in as_completed(list(by_future)):
-        task = by_future[future]
+    running = as_completed(first)
+    for future in running:
+        task = by_future.pop(future)
         if future.status == "error":
             record = failure_record(task, future.exception())
             write_record(task.result_path(results), record)
         else:
             record = future.result()
+        # A case's settings go where its original ran: that worker has the case prepared (tasks._case).
+        # Preferred, not required: they run elsewhere if it is lost.
+        settings = held.pop(task.key, [])
+        if settings:
+            holders = client.who_has([future]).get(future.key) or ()
+            for setting in settings:
+                running.add(submit(setting, next(iter(holders), None)))
         if record.get("status") == DONE:
             state.done += 1
         else:
@@ -169,6 +203,14 @@ def run_cohort(
         seconds=time.perf_counter() - started,
         dashboard=getattr(client, "dashboard_link", None),
     )
+
+
+def task_key(token: str, task: Task) -> str:
+    """'cohort-original-TOKEN-CASE/EXPERT/original' or 'cohort-setting-TOKEN-...': the dashboard shows the
+    two kinds as two task groups (and Dask queues the originals, which depend on nothing, when there are
+    more of them than twice the workers' threads)."""
+    kind = "original" if task.setting.method == ORIGINAL else "setting"
+    return f"cohort-{kind}-{token}-{task.key}"
 
 
 def failure_record(task: Task, error: BaseException | None) -> dict[str, Any]:

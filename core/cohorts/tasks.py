@@ -12,7 +12,9 @@ reason, written like any other, so the cohort goes on and the failure shows in R
 Each worker process keeps the experts it ran, their factorised engines and the current case's preprocessing
 in memory, so the tasks of one case pay for loading and preprocessing once per worker. Every record says
 where its task's time went (`stage_seconds`: case, model, factorise, network, original labels, segment,
-scores); everything but 'segment' is the engine's overhead, which scripts/bench_cohort.py reports.
+scores); everything but 'segment' is the engine's overhead, which scripts/bench_cohort.py reports. The
+segmentation's own stages (`segment_stages`: reorient, resample, normalise, tiles...) show whether the task
+found its case already prepared on this worker.
 """
 
 from __future__ import annotations
@@ -57,13 +59,10 @@ def original_labels_path(results: Path, task: Task) -> Path:
     return Path(results) / "originals" / task.case.name / f"{task.expert}.npz"
 
 
-def run_task(plan: CohortPlan, task: Task, results: Path, after: object = None) -> dict[str, Any]:
-    """Run `task` and write its result file; returns the record written (small: no label maps).
-
-    `after` is the original task's record for a setting: Dask passes it, so the setting runs after it.
-    """
+def run_task(plan: CohortPlan, task: Task, results: Path) -> dict[str, Any]:
+    """Run `task` and write its result file; returns the record written (small: no label maps)."""
     started = time.perf_counter()
-    clock = StageProfile()
+    clock, _SEGMENT_STAGES.clock = StageProfile(), StageProfile()
     record: dict[str, Any] = {
         "task": task.key,
         "case": task.case.name,
@@ -82,7 +81,7 @@ def run_task(plan: CohortPlan, task: Task, results: Path, after: object = None) 
     except RECOVERABLE as exc:
         record.update(status=FAILED, reason=str(exc) or type(exc).__name__, rows=[])
     record["task_seconds"] = time.perf_counter() - started
-    record["stage_seconds"] = clock.seconds
+    record["stage_seconds"], record["segment_stages"] = clock.seconds, _SEGMENT_STAGES.clock.seconds
     write_record(task.result_path(results), record)
     return {k: v for k, v in record.items() if k != "rows"}
 
@@ -236,6 +235,19 @@ def _options(plan: CohortPlan) -> InferenceOptions:
 # -- per-worker caches -----------------------------------------------------------------------------------------
 
 
+class _CurrentTask:
+    """Where the cached case's Segmenter reports its stages: the running task's clock (a cohort worker runs
+    one task at a time, `local_client`'s threads_per_worker=1)."""
+
+    clock = StageProfile()
+
+    def __call__(self, stage: str, seconds: float) -> None:
+        self.clock(stage, seconds)
+
+
+_SEGMENT_STAGES = _CurrentTask()
+
+
 @functools.lru_cache(maxsize=2)
 def _source(model: str) -> ModelSource:
     return resolve_source(task="demo") if model == "demo" else resolve_source(model=Path(model))
@@ -270,11 +282,16 @@ def _ranks(model: str, expert: str, df: float | None, target: str | None) -> dic
     return result.ranks["expert"]
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=2)
 def _case(ct: str) -> tuple[Volume, Segmenter]:
-    """The current case: tasks arrive case by case, so one cached case keeps memory bounded on big CTs."""
+    """The current case and the one before, prepared (reoriented, resampled, normalised per expert).
+
+    Two, not one: a worker often starts the next case's original while the settings of the case it just
+    finished are on their way from the scheduler (Dask sends originals ahead), so its tasks alternate
+    between two cases; one cached case would prepare each case twice. Two keep memory bounded on big CTs.
+    """
     volume = load_volume(ct)
-    return volume, Segmenter(volume.data, volume.affine)
+    return volume, Segmenter(volume.data, volume.affine, profile=_SEGMENT_STAGES)
 
 
 @functools.lru_cache(maxsize=4)
