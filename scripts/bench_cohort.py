@@ -1,15 +1,16 @@
 """Cohort engine figures: overhead per task, where it goes, and throughput with 1 vs 2 single-threaded workers.
 
 Runs the same phantom cohort (demo experts) on a fresh LocalCluster of each worker count, each into a fresh
-results folder, and prints per run: worker start-up, wall time, tasks per minute, the task overhead (the
-share of the tasks' time, as Dask's task stream measures each task's compute on its worker, spent outside
-segmentation) and the engine overhead (the share of the workers' time in the run not spent in tasks:
-scheduling, transfers, idle workers, the tail). Then the task time by component, from each task's record
-(`stage_seconds`); 'record write, rest' is Dask's compute time minus the record's own total (the result
-file's atomic write, pickling). 'model' and 'factorise' are paid once per worker and expert; the last
-column is the overhead without them, what a long cohort pays per task. Inside 'segment', the case's
-preparation (reorient, resample, normalise) is paid again by every worker a case's tasks land on: the run
-says how often a case was prepared, against the minimum of once per case and expert.
+results folder, and prints per run: worker start-up (the workers import what their tasks need as they
+start: cohorts.worker), wall time, tasks per minute, the task overhead (the share of the tasks' time, as
+Dask's task stream measures each task's compute on its worker, spent outside segmentation) and the engine
+overhead (the share of the workers' time in the run not spent in tasks: scheduling, transfers, idle
+workers, the tail). Then the task time by component, from each task's record (`stage_seconds`); 'record
+write, rest' is Dask's compute time minus the record's own total (the result file's atomic write,
+pickling). 'model' and 'factorise' are paid once per worker and expert; the last column is the overhead
+without them, what a long cohort pays per task. Inside 'segment', the case's preparation (reorient,
+resample, normalise) is paid again by every worker a case's tasks land on: the run says how often a case
+was prepared, against the minimum of once per case and expert.
 
     .venv/bin/python scripts/bench_cohort.py [--cases 4] [--experts vessels] [--df 0.5,0.3] [--spacing 6]
         [--workers 1,2]
@@ -125,7 +126,8 @@ def main() -> None:
     if 1 in figures:
         for workers in (w for w in figures if w != 1):
             ratio = figures[workers]["tasks_per_min"] / figures[1]["tasks_per_min"]
-            print(f"throughput {workers} workers / 1 worker: {ratio:.2f}x")
+            one, many = (figures[w]["start_up_s"] + figures[w]["wall_s"] for w in (1, workers))
+            print(f"throughput {workers} workers / 1 worker: {ratio:.2f}x ({one / many:.2f}x counting worker start-up)")
 
 
 if __name__ == "__main__":
