@@ -9,8 +9,9 @@ scheduler runs again.
 A case that cannot be read (or an expert that cannot run on it) is a result too: status 'failed' with the
 reason, written like any other, so the cohort goes on and the failure shows in RESULTS/failures.csv.
 
-Each worker process keeps the experts it ran, their factorised engines and the current case's preprocessing
-in memory, so the tasks of one case pay for loading and preprocessing once per worker. Every record says
+Each worker process keeps the experts it ran, their factorised engines and its last two cases, prepared, in
+memory, so the tasks of one case pay for loading and preparing it once per worker (the engine sends a
+case's settings to the worker that ran its original). Every record says
 where its task's time went (`stage_seconds`: case, model, factorise, network, original labels, segment,
 scores); everything but 'segment' is the engine's overhead, which scripts/bench_cohort.py reports. The
 segmentation's own stages (`segment_stages`: reorient, resample, normalise, tiles...) show whether the task
@@ -286,9 +287,9 @@ def _ranks(model: str, expert: str, df: float | None, target: str | None) -> dic
 def _case(ct: str) -> tuple[Volume, Segmenter]:
     """The current case and the one before, prepared (reoriented, resampled, normalised per expert).
 
-    Two, not one: a worker often starts the next case's original while the settings of the case it just
-    finished are on their way from the scheduler (Dask sends originals ahead), so its tasks alternate
-    between two cases; one cached case would prepare each case twice. Two keep memory bounded on big CTs.
+    Two, not one: a worker starts the next case's original (Dask sends originals ahead) before the settings
+    of the one it just ran arrive (the engine submits them when it sees the original done), so its tasks
+    alternate between two cases; one cached case would prepare each case twice. Two keep memory bounded.
     """
     volume = load_volume(ct)
     return volume, Segmenter(volume.data, volume.affine, profile=_SEGMENT_STAGES)
