@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -106,6 +107,9 @@ def test_profile_names_every_stage_the_segmenter_runs(expert, ct):
     assert profile.counts["tiles (network)"] == 4  # the test CT needs four tiles
     report = profile.report()
     assert "tiles (network)" in report and "kernel" in report
+    if sys.platform.startswith("linux"):  # the process's peak RSS beside every stage
+        assert set(profile.peak_kb) == set(profile.seconds) and min(profile.peak_kb.values()) > 0
+        assert f"peak {max(profile.peak_kb.values()) / 1024**2:5.2f} GB" in report
 
 
 def test_original_cache_persists_across_segmenters(expert, ct, tmp_path, monkeypatch):

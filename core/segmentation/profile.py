@@ -7,7 +7,8 @@ recorder `tuckerscope segment --profile` and the benchmarks use. Kernel time is 
 because page faults on freshly allocated buffers show up as kernel time, not as any one stage.
 
 Stages may overlap (resampling one expert back while the next one's tiles run), so their sum can exceed the
-wall time; the report says both.
+wall time; the report says both. Beside each stage it shows the process's peak RSS when that stage last ended
+(Linux): the first stage that shows the final peak is where the peak happened.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from tuckerscope.core.runtime.memory import process_memory_kb
 
 StageCallback = Callable[[str, float], None]
 
@@ -57,11 +60,16 @@ class StageProfile:
         self._lock = threading.Lock()
         self.seconds: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+        self.peak_kb: dict[str, int] = {}  # the process's peak RSS when the stage last ended
+        self._has_status = os.path.exists("/proc/self/status")
         self._start_wall = time.perf_counter()
         self._start_cpu = os.times()
 
     def __call__(self, stage: str, seconds: float) -> None:
+        peak = process_memory_kb("VmHWM") if self._has_status else None
         with self._lock:
+            if peak is not None:
+                self.peak_kb[stage] = peak
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
             self.counts[stage] = self.counts.get(stage, 0) + 1
 
@@ -83,12 +91,13 @@ class StageProfile:
         user, kernel = self.cpu_seconds()
         with self._lock:
             names = [s for s in STAGES if s in self.seconds] + sorted(set(self.seconds) - set(STAGES))
-            rows = [(name, self.seconds[name], self.counts[name]) for name in names]
-        total = sum(seconds for _, seconds, _ in rows)
-        lines = ["stage profile (wall seconds; stages may overlap):"]
-        for name, seconds, count in rows:
+            rows = [(name, self.seconds[name], self.counts[name], self.peak_kb.get(name)) for name in names]
+        total = sum(seconds for _, seconds, _, _ in rows)
+        lines = ["stage profile (wall seconds; stages may overlap; peak RSS of the process when the stage last ended):"]
+        for name, seconds, count, peak in rows:
             share = 100 * seconds / wall if wall > 0 else 0.0
-            lines.append(f"  {name:<16} {seconds:8.2f} s  {share:5.1f}%  ({count}x)")
+            memory = f"  peak {peak / 1024**2:5.2f} GB" if peak is not None else ""
+            lines.append(f"  {name:<16} {seconds:8.2f} s  {share:5.1f}%  ({count}x){memory}")
         lines.append(f"  {'sum of stages':<16} {total:8.2f} s")
         lines.append(f"  {'wall':<16} {wall:8.2f} s")
         lines.append(f"  CPU: user {user:.2f} s, kernel {kernel:.2f} s")
