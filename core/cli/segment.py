@@ -28,7 +28,7 @@ from tuckerscope.core.imaging.volume import Volume, load_volume
 from tuckerscope.core.models.model_folder import LoadedExpert, load_expert
 from tuckerscope.core.models.model_sources import TASK_NAMES, ModelSource, resolve_source
 from tuckerscope.core.runtime.errors import UserError
-from tuckerscope.core.runtime.memory import hand_back_freed_memory, retain_by_default
+from tuckerscope.core.runtime.memory import retain_by_default
 from tuckerscope.core.segmentation.profile import StageCallback, StageProfile, timed_stage
 from tuckerscope.core.segmentation.runtimes import RUNTIMES
 from tuckerscope.core.segmentation.segmenter import (
@@ -292,7 +292,6 @@ def segment_source(
             results.close()  # a suspended run would hold its network
         outputs.append(labels)
         del expert, network, labels  # before the next expert loads
-        hand_back_freed_memory()
     return source.merge(outputs)
 
 
