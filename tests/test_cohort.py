@@ -125,3 +125,16 @@ def test_bad_cohort_options_are_one_line_errors(tmp_path, capsys, extra, message
     assert main(["cohort", "--cts", str(tmp_path / "ct"), "--model", "demo", "-o", str(tmp_path / "r"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_distilled_folder_built_for_a_target_is_named_by_it(tmp_path):
+    from tuckerscope.core.cohorts.plan import distilled_settings
+    from tuckerscope.core.models.compressed_model import save_compressed
+    from tuckerscope.core.models.model_sources import demo_source
+
+    expert = next(e for e in demo_source().load() if e.name == "vessels")
+    for name, manifest in (("a", {"target": "params=10x"}), ("b", {"df": 0.3})):
+        save_compressed(expert, expert.network, tmp_path / name, {**manifest, "compression_method": "tucker"})
+    settings = sorted(distilled_settings(tmp_path, ["vessels"])["vessels"], key=lambda s: s.key)
+    assert [s.key for s in settings] == ["tucker-distilled_df0.3", "tucker-distilled_params_10x"]
+    assert [s.target for s in settings] == [None, "params=10x"]

@@ -205,9 +205,10 @@ def distilled_settings(folder: Path, experts: Sequence[str]) -> dict[str, tuple[
             raise CohortError(f"--distilled {model} is an expert {expert!r} the model does not have ({', '.join(experts)})")
         df = float(manifest["df"]) if isinstance(manifest.get("df"), int | float) else None
         method = f"{manifest.get('compression_method') or ('tucker' if manifest.get('layers') else 'prune')}-distilled"
+        target = manifest.get("target") if isinstance(manifest.get("target"), str) else None
         settings = found.setdefault(expert, [])
-        label = f"df{df:g}" if df is not None else str(len(settings) + 1)
+        label = f"df{df:g}" if df is not None else target or str(len(settings) + 1)
         if any(s.key == Setting(method, df, model, label).key for s in settings):
             label = f"{label}_{len(settings) + 1}"
-        settings.append(Setting(method, df, model.resolve(), label))
+        settings.append(Setting(method, df, model.resolve(), label, target))
     return {expert: tuple(settings) for expert, settings in found.items()}
