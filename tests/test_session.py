@@ -203,3 +203,27 @@ def test_models_load_unfactorised_and_the_heatmaps_job_factorises_them(loaded):
     heatmaps = heatmaps_job(session)(lambda _fraction, _message: None, threading.Event())
     assert all(expert.engine.is_factorised for expert in experts)
     assert set(heatmaps) == set(session.experts) and all(heatmaps.values())
+
+
+def test_one_expert_refresh_reuses_its_slab_tiles_for_the_whole_volume(loaded):
+    """A released slider re-runs one expert: its whole volume must not compute the slab's tiles a second time."""
+    from dataclasses import replace
+
+    session = new_session(loaded, slices=80)  # 4 tiles along z: the slab needs only 2 of them
+    never = threading.Event()
+    session.apply_segmentation(
+        run_segmentation(session.plan_segmentation(), lambda f, m: None, never, never, lambda u: None)
+    )
+    session.set_df("second", 0.3)
+    plan = session.plan_segmentation(display_axis=2, display_index=10)
+    run = next(r for r in plan.runs if r.name == "second")
+    assert not plan.segmenter.roi_needs_every_tile(run.expert, plan.roi)
+    network, forwards = run.build(), []
+    network.register_forward_hook(lambda *_: forwards.append(1))
+    whole = plan.segmenter.segment(run.expert, network)
+    tiles, forwards[:] = len(forwards), []
+    partials = []
+    final = run_segmentation(replace(plan, networks={"second": network}), lambda f, m: None, never, never, partials.append)
+    assert [u.stage for u in partials] == ["slab"] and final.complete_experts == {"second"}
+    assert len(forwards) == tiles  # each tile once: the slab's tiles are not run again for the volume
+    np.testing.assert_array_equal(final.compressed["second"], whole)

@@ -11,7 +11,7 @@ supersedes them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +23,7 @@ from tuckerscope.core.models.model_sources import merge_labels
 from tuckerscope.core.runtime.errors import Cancelled
 from tuckerscope.core.runtime.progress import ProgressCallback
 from tuckerscope.core.segmentation.expert_run import ExpertRun, RankKey
-from tuckerscope.core.segmentation.segmenter import InferenceOptions, Roi, Segmenter
+from tuckerscope.core.segmentation.segmenter import InferenceOptions, Roi, SegmentationResult, Segmenter
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,13 @@ def run_segmentation(
     # A slab that needs every tile of an expert costs a whole pass; that expert goes straight to the volume.
     # Decided when the slab stage reaches the expert (it needs the preprocessed input, which a cancel interrupts).
     slab_is_whole: dict[str, bool] = {}
+    # With one expert to refresh (a slider released), its slab and its whole volume come from one sliding
+    # window: the volume reuses the slab's tile outputs instead of computing them again (12 tiles instead of
+    # 18 for a 1.5 mm expert at 240x200x220 voxels). With several, each would hold its slab's tiles (up to
+    # tile_cache_bytes each) until the volume stage reaches it, so they run apart.
+    one_pass = len(work) == 1 and plan.roi is not None
+    rest_of_pass: dict[tuple[str, str], Iterator[SegmentationResult]] = {}
+    reporting: list[ProgressCallback] = []
 
     def original_cancel() -> bool:
         return user_cancel.is_set()
@@ -184,6 +191,20 @@ def run_segmentation(
             positions=positions,
         )
 
+    def segment(
+        run: ExpertRun, side: str, network: nn.Module | None, roi: Roi | None, cancel: Callable[[], bool]
+    ) -> np.ndarray:
+        if roi is None and (run.name, side) in rest_of_pass:
+            return next(r for r in rest_of_pass.pop((run.name, side)) if r.complete).labels
+        if roi is None or not one_pass:
+            return _segment(plan, run, network, roi, reporting[0], cancel)
+        results = plan.segmenter.segment_roi_first(
+            run.expert, network, roi=roi, options=plan.options, cancel=cancel,
+            progress=lambda fraction, message: reporting[0](fraction, message),
+        )  # fmt: skip
+        rest_of_pass[(run.name, side)] = results
+        return next(results).labels
+
     last_step = (len(stages) - 1, len(work) - 1)
     if work and len(need_original) < len(plan.need_original):
         partial(update("volume", False, "originals from the cache, the rest filling in"))
@@ -204,15 +225,16 @@ def run_segmentation(
                     done_steps += 1
                     continue
             label = f"{run.name} {side}" + (f" ({plan.roi_description})" if roi is not None else "")
+            reporting[:] = [report_for(label)]
             if side == "original":
-                labels = _segment(plan, run, None, roi, report_for(label), original_cancel)
+                labels = segment(run, side, None, roi, original_cancel)
                 originals[run.name] = _paste(originals.get(run.name), labels, roi)
                 if roi is None:
                     complete_originals.add(run.name)
             else:
                 network = networks.get(run.name) or run.build()
                 networks[run.name] = network
-                labels = _segment(plan, run, network, roi, report_for(label), compressed_cancel)
+                labels = segment(run, side, network, roi, compressed_cancel)
                 base = compressed.get(run.name, originals.get(run.name))
                 compressed[run.name] = _paste(base, labels, roi)
                 keys[run.name] = run.rank_key
