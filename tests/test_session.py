@@ -227,3 +227,18 @@ def test_one_expert_refresh_reuses_its_slab_tiles_for_the_whole_volume(loaded):
     assert [u.stage for u in partials] == ["slab"] and final.complete_experts == {"second"}
     assert len(forwards) == tiles  # each tile once: the slab's tiles are not run again for the volume
     np.testing.assert_array_equal(final.compressed["second"], whole)
+
+
+def test_planning_the_agreement_leaves_the_merging_to_the_job(loaded, monkeypatch):
+    """Planning runs on the UI thread: merging five TS experts' maps there stalled it for about a second."""
+    session = new_session(loaded)
+    never = threading.Event()
+    session.apply_segmentation(
+        run_segmentation(session.plan_segmentation(), lambda f, m: None, never, never, lambda u: None)
+    )
+    merges = []
+    merge = type(session.source).merge
+    monkeypatch.setattr(type(session.source), "merge", lambda self, labels: merges.append(1) or merge(self, labels))
+    job = session.plan_agreement()
+    assert job is not None and merges == []
+    assert job(never).rows and len(merges) == 2

@@ -548,6 +548,13 @@ class Session:
 
     def merged_maps(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(original, compressed) whole-volume maps merged as `eval` merges them, or None until both exist."""
+        per_expert = self._expert_maps()
+        if per_expert is None or self.source is None:
+            return None
+        return self.source.merge(per_expert[0]), self.source.merge(per_expert[1])
+
+    def _expert_maps(self) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """Every expert's whole-volume (original, compressed) labels, in expert order, or None until both exist."""
         if self.source is None or not self.compressed_is_current():
             return None
         originals = [self.originals[name] for name in self.experts]
@@ -555,7 +562,7 @@ class Session:
             self.originals[name] if expert.is_full_rank() else self.compressed[name]
             for name, expert in self.experts.items()
         ]
-        return self.source.merge(originals), self.source.merge(compressed)
+        return originals, compressed
 
     # ----- agreement ----------------------------------------------------------------------------------------
     def plan_agreement(
@@ -566,8 +573,9 @@ class Session:
         The same maps, classes and scores as `tuckerscope eval` (class_refs, metrics.compare). With a
         ``runner`` the scoring runs in its process (surface-distance holds the GIL for seconds).
         """
-        maps = self.merged_maps()
-        if self.volume is None or maps is None or self.source is None:
+        # merged in the job: merging five TS experts' maps twice stalled the UI thread for about a second
+        per_expert, source = self._expert_maps(), self.source
+        if self.volume is None or per_expert is None or source is None:
             return None
         token, keys = self.volume_token, tuple(self.rank_keys().items())
         spacing = self.volume.grid.input_spacing
@@ -575,6 +583,7 @@ class Session:
         infos = {(c.label, c.expert): c for c in self.classes}
 
         def run(cancel: threading.Event) -> AgreementResult:
+            maps = source.merge(per_expert[0]), source.merge(per_expert[1])
             if runner is None:
                 comparison = compare(*maps, spacing, refs)
             else:
