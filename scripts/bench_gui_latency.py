@@ -12,6 +12,7 @@ A 10 ms timer runs throughout; the longest gap between its ticks is the longest 
 Run under a display, e.g.:
     xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/bench_gui_latency.py [--ct CT] [--model SRC]
 Timings depend on the machine's load; the script prints the load average beside them.
+The window at real scale (TS 'total' on a 240x200x220 CT, issue 12's targets): scripts/bench_gui_realscale.py.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ Measures, in one run, with a fresh on-disk original cache:
     vertebrae at axial slice 60 (outside the overlap: 6 tiles, slab first);
 (c) the window closed and a new one opened on the same CT and model (its saved DFs come back, as for a
     user) -> every original on screen from the persistent cache (target: <= 5 s).
-Each figure is printed with the load average; --trace-stalls adds the stacks seen during event-loop stalls.
+Each figure is printed with the process's CPU seconds so far in its phase (what a loaded machine inflates
+least) and the load average; each phase ends with the segmenter's stage profile and the event-loop stalls;
+--trace-stalls adds the stacks seen during stalls in (b). The window waits for its agreement scoring (all
+classes, NSD) before each next step: minutes on a loaded machine, not part of any figure.
 
 The CT (the 1.5 mm phantom of scripts/bench_segment.py, 240x200x220 voxels) and the random-weight TS home
 (tests/ts_home.py) are built once in --work and reused by later runs; the original cache (XDG_CACHE_HOME,
