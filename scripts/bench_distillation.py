@@ -39,7 +39,7 @@ from pathlib import Path
 from tuckerscope.core.cli.compress import load_experts
 from tuckerscope.core.distillation.agreement import ORIGINAL, agreement_with_original
 from tuckerscope.core.distillation.data import held_out_phantoms, phantom_source
-from tuckerscope.core.distillation.distiller import DistilConfig, Distiller
+from tuckerscope.core.distillation.distiller import DistilConfig, Distiller, training_precision
 from tuckerscope.core.distillation.figure2 import figure2
 from tuckerscope.core.distillation.losses import LossWeights
 from tuckerscope.core.distillation.students import make_student
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, help="peak Adam learning rate (default: DistilConfig's)")
     parser.add_argument("--lr-schedule", choices=("cosine", "constant"), help="default: DistilConfig's")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="student's training precision")
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="training precision (auto: as distil)"
+    )
     parser.add_argument(
         "--figure2", type=Path, metavar="PNG", help="figure 2 for one phantom, drawn into PNG"
     )
@@ -137,7 +139,7 @@ def config_for(args: argparse.Namespace, patch: tuple[int, ...] | None) -> Disti
         patches_per_scan=args.patches_per_scan,
         losses=LossWeights(features=args.features),
         seed=args.seed,
-        precision=args.precision,
+        precision=training_precision(args.precision, "cpu"),
         **({"learning_rate": args.lr} if args.lr else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule else {}),
     )
@@ -152,7 +154,7 @@ def bench_demo_expert(expert: LoadedExpert, args: argparse.Namespace, patch: tup
     wall = time.perf_counter() - start
     stage = result.stages[-1]
     print(
-        f"[{expert.name}] {args.method} DF {args.df:g} ({args.precision}): {result.student.compression_ratio:.1f}x fewer parameters; "
+        f"[{expert.name}] {args.method} DF {args.df:g} ({config.precision}): {result.student.compression_ratio:.1f}x fewer parameters; "
         f"{len(result.records)} steps in {stage.train_seconds:.0f} s = {stage.seconds_per_step:.2f} s/step "
         f"(patch {'x'.join(map(str, distiller.patch_size))}); teacher pool {stage.pool_patches} patches, "
         f"{stage.pool_bytes / GIB:.3f} GiB, teacher {stage.teacher_seconds:.0f} s; wall {wall:.0f} s"

@@ -305,3 +305,14 @@ def test_figure2_gives_four_curves_from_one_teacher_pool(expert, monkeypatch):
     tucker = {p.df: p.compression_ratio for p in curves["tucker zero-shot"]}
     assert tucker[0.3] > tucker[0.6] > 1
     assert all(0.0 <= p.mean_dice <= 1.0 and p.steps == (1 if p.distilled else 0) for p in figure.points)
+
+
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
+    from tuckerscope.core.distillation import distiller
+
+    assert distiller.training_precision("fp32", "cuda") == "fp32"
+    assert distiller.training_precision("bf16", "cpu") == "bf16"
+    assert distiller.training_precision("auto", "cuda:0") == "bf16"
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(distiller, "cpu_has_native_bf16", lambda native=native: native)
+        assert distiller.training_precision("auto", "cpu") == expected

@@ -49,6 +49,7 @@ from tuckerscope.core.distillation.distiller import (
     DistilResult,
     checkpoint_ranks,
 )
+from tuckerscope.core.distillation.distiller import training_precision as resolve_precision
 from tuckerscope.core.distillation.losses import LossWeights
 from tuckerscope.core.distillation.saving import save_distilled
 from tuckerscope.core.distillation.students import METHODS
@@ -147,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
-        help="auto: bf16 autocast on CUDA, fp32 on CPU",
+        help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32",
     )
     parser.add_argument("--max-memory", type=float, metavar="GB", help="refuse a run estimated above this")
     parser.add_argument("--resume", type=Path, help="checkpoint file (one expert) or folder of <expert>.pth")
@@ -251,10 +252,8 @@ def checkpoint_path(args: argparse.Namespace, expert: LoadedExpert, experts: int
 
 
 def training_precision(args: argparse.Namespace) -> str:
-    """--precision with 'auto' resolved: bf16 autocast on CUDA, fp32 on the CPU."""
-    if args.precision == "auto":
-        return "bf16" if args.device.startswith("cuda") else "fp32"
-    return str(args.precision)
+    """--precision with 'auto' resolved (core.distillation.distiller.training_precision)."""
+    return resolve_precision(str(args.precision), str(args.device))
 
 
 def make_config(

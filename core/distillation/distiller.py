@@ -730,6 +730,33 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def training_precision(asked: str, device: str) -> str:
+    """'auto' resolved: bf16 autocast on CUDA and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), fp32
+    elsewhere. Why: on this 2-core AVX512-BF16 machine a demo step takes 0.78 s in bf16 vs 1.43 s in fp32, and
+    the 5-minute run then ends closer to the original (organs DF 0.2: mean Dice 0.978 vs 0.971); CPUs without
+    native bf16 emulate it, slower than fp32."""
+    if asked != "auto":
+        return asked
+    if device.startswith("cuda"):
+        return "bf16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """oneDNN's own answer where torch exposes it, else the CPU's flags."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        if probe is not None and not bool(probe()):
+            return False
+    except RuntimeError:
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _autocast_dtype(precision: str) -> torch.dtype | None:
     """bf16 autocast when asked; fp32 otherwise (bf16 needs no loss scaling, unlike fp16)."""
     return torch.bfloat16 if precision == "bf16" else None

@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from tuckerscope.core.distillation.data import Scan, ScanSource, phantom_source, single_scan_source
-from tuckerscope.core.distillation.distiller import DEFAULT_LEARNING_RATE, DistilConfig, Distiller, StepReport
+from tuckerscope.core.distillation.distiller import (
+    DEFAULT_LEARNING_RATE,
+    DistilConfig,
+    Distiller,
+    StepReport,
+    training_precision,
+)
 from tuckerscope.core.distillation.figure2 import DEFAULT_DFS, Figure2, Figure2Point, figure2
 from tuckerscope.core.distillation.pool import PoolError, check_patch_size
 from tuckerscope.core.models.model_folder import LoadedExpert
@@ -70,6 +76,7 @@ class RecoverySettings:
     patch_cap: int = PATCH_CAP
     coverage: float = COVERAGE  # 0: two crops per scan (tests)
     learning_rate: float = DEFAULT_LEARNING_RATE
+    precision: str = "auto"  # bf16 where the CPU has native bf16 (distiller.training_precision), else fp32
     max_memory_gib: float = MAX_MEMORY_GIB
 
 
@@ -127,6 +134,7 @@ def recovery_job(
         patch_size=patch,
         patches_per_scan=covering_patches(loaded, data.loader(0), patch, len(data), settings.coverage),
         learning_rate=settings.learning_rate,
+        precision=training_precision(settings.precision, "cpu"),
         seed=settings.seed,
         max_memory_bytes=int(settings.max_memory_gib * 1024**3),
         checkpoint_path=checkpoint_dir / checkpoint_name(loaded, config_key(expert, settings), data),
@@ -202,7 +210,7 @@ def covering_patches(
 
 def config_key(expert: Any, settings: RecoverySettings) -> str:
     setting = round(expert.df, 6) if expert.target is None else (expert.target, sorted(expert.ranks().items()))
-    return repr((expert.method, setting, settings.seed, settings.patch_cap, settings.learning_rate))
+    return repr((expert.method, setting, settings.seed, settings.patch_cap, settings.learning_rate, settings.precision))
 
 
 def checkpoint_name(expert: LoadedExpert, key: str, data: ScanSource) -> str:
