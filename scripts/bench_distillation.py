@@ -196,6 +196,8 @@ def bench_ts(args: argparse.Namespace, patch: tuple[int, ...] | None) -> int:
             str(args.df),
             "--steps",
             str(args.steps or 3),
+            "--precision",
+            args.precision,
         ]
         if args.patch:
             command += ["--patch", args.patch]
@@ -213,12 +215,15 @@ def ts_child(args: argparse.Namespace, patch: tuple[int, ...] | None) -> int:
         source = ts_results_folder(task)
         folder = Path(home) / "nnunet" / "results" / source.parent.name / source.name
         expert = load_expert(spec_from_folder(folder))
-        config = DistilConfig(df=args.df, steps=args.steps, patch_size=patch, patches_per_scan=1)  # type: ignore[arg-type]
+        precision = training_precision(args.precision, "cpu")
+        config = DistilConfig(
+            df=args.df, steps=args.steps, patch_size=patch, patches_per_scan=1, precision=precision  # type: ignore[arg-type]
+        )
         distiller = Distiller(expert, phantom_source(1), config)
         result = distiller.run()
     stage = result.stages[-1]
     print(
-        f"[TS {task} {expert.name}] DF {args.df:g}, patch {'x'.join(map(str, distiller.patch_size))}, "
+        f"[TS {task} {expert.name}] DF {args.df:g} ({config.precision}), patch {'x'.join(map(str, distiller.patch_size))}, "
         f"{len(expert.class_names)} classes: {stage.seconds_per_step:.1f} s/step = "
         f"{60 / stage.seconds_per_step:.2f} steps/min over {stage.steps} steps; teacher "
         f"{stage.teacher_seconds:.1f} s/patch; {result.memory.describe()}"
