@@ -455,9 +455,8 @@ class Distiller:
                 if should_cancel():
                     save(step, elapsed)
                     raise Cancelled("distillation cancelled")
-                fraction_done = step / max_steps if max_steps else elapsed / float(max_seconds or 1.0)
                 for group in optimizer.param_groups:
-                    group["lr"] = scheduled_learning_rate(config, fraction_done)
+                    group["lr"] = scheduled_learning_rate(config, _budget_done(step, elapsed, max_steps, max_seconds))
                 start = time.perf_counter()
                 try:
                     loss, parts = self._step(student, pool, optimizer, loss_fn, captured, stage, step)
@@ -472,8 +471,7 @@ class Distiller:
                 recent = [*recent, seconds][-ETA_WINDOW:]
                 per_step = sum(recent) / len(recent)
                 eta = self._eta(stage, step, elapsed, per_step)
-                fraction = step / max_steps if max_steps else min(1.0, elapsed / float(max_seconds or 1.0))
-                training(fraction, f"step {step}, loss {loss:.4f}")
+                training(_budget_done(step, elapsed, max_steps, max_seconds), f"step {step}, loss {loss:.4f}")
                 if on_step is not None:
                     on_step(StepReport(record, setting, stage_count, max_steps, per_step, eta))
                 if time.monotonic() - last_checkpoint >= config.checkpoint_every_seconds:
@@ -764,6 +762,11 @@ def _autocast_dtype(precision: str) -> torch.dtype | None:
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _budget_done(step: int, elapsed: float, max_steps: int | None, max_seconds: float | None) -> float:
+    """The fraction of a stage's budget spent, in steps or in seconds, whichever the budget is (at most 1)."""
+    return min(1.0, step / max_steps if max_steps else elapsed / float(max_seconds or 1.0))
 
 
 def scheduled_learning_rate(config: DistilConfig, fraction_done: float) -> float:
