@@ -38,7 +38,7 @@ from tuckerscope.core.distillation.distiller import (
     training_precision,
 )
 from tuckerscope.core.distillation.figure2 import DEFAULT_DFS, Figure2, Figure2Point, figure2
-from tuckerscope.core.distillation.pool import PoolError, check_patch_size
+from tuckerscope.core.distillation.pool import PoolError, PoolLayout, check_patch_size
 from tuckerscope.core.models.model_folder import LoadedExpert
 from tuckerscope.core.runtime.progress import ProgressCallback
 from tuckerscope.core.segmentation.expert_run import RankKey
@@ -203,7 +203,7 @@ def covering_patches(
     model_voxels = physical / float(np.prod(expert.spacing))
     patch_voxels = int(np.prod(patch))
     wanted = math.ceil(coverage * model_voxels / patch_voxels)
-    entry_bytes = patch_voxels * (4 + 2 * len(expert.labels) + 1)
+    entry_bytes = PoolLayout(patch, 1, len(expert.labels), (), 0).entry_bytes  # one CT channel, no features
     affordable = int(POOL_BUDGET_GIB * 1024**3) // (entry_bytes * max(scans, 1))
     return max(2, min(wanted, affordable))
 
