@@ -9,11 +9,13 @@ import pytest
 import surface_distance
 
 from tuckerscope.core.evaluation.metrics import (
+    MAX_BALL_OFFSETS,
     ClassRef,
     MetricsError,
     compare,
     evaluate,
     sort_distances_surfels,
+    tolerance_ball,
 )
 
 LIVER = ClassRef(1, "liver", "organs")
@@ -82,6 +84,39 @@ def test_cropping_to_the_class_box_matches_the_package_on_the_full_volume():
     assert s.dice == pytest.approx(surface_distance.compute_dice_coefficient(a == 1, b == 1))
 
 
+def random_blob(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """A ragged blob: a smoothed noise field thresholded, so surfaces carry every neighbour code."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(rng.random(shape), sigma=rng.uniform(1.0, 3.0))
+    return field > np.quantile(field, rng.uniform(0.6, 0.9))
+
+
+@pytest.mark.parametrize(
+    "spacing", [(1.0, 1.0, 1.0), (0.8, 1.5, 3.0), (1.5, 1.5, 1.5), (3.0, 3.0, 3.0), (6.0, 6.0, 6.0), (0.7, 0.7, 2.5)]
+)
+def test_surfel_lookup_nsd_equals_the_packages_distance_transform_nsd(spacing):
+    """The offsets-within-tolerance NSD against surface-distance's own, on ragged random masks, at tolerances
+    that fall exactly on voxel distances (1.5 mm x 2 = 3 mm) and between them."""
+    rng = np.random.default_rng(int(sum(spacing) * 10))
+    checked = 0
+    for _ in range(6):
+        shape = tuple(int(n) for n in rng.integers(12, 30, 3))
+        a, b = random_blob(rng, shape), random_blob(rng, shape)
+        b |= np.roll(a, int(rng.integers(-3, 4)), axis=int(rng.integers(0, 3))) & (rng.random(shape) < 0.9)
+        for tolerance in (0.0, 1.0, 1.5, 2.0, 3.0, 4.5, 6.0):
+            if len(tolerance_ball(spacing, tolerance)) > MAX_BALL_OFFSETS:
+                continue
+            (s,) = score(a.astype(np.uint8), b.astype(np.uint8), spacing, tolerance=tolerance)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                distances = surface_distance.compute_surface_distances(a, b, spacing)
+            expected = surface_distance.compute_surface_dice_at_tolerance(distances, tolerance)
+            assert s.nsd == pytest.approx(expected, rel=1e-12, abs=1e-15), (shape, tolerance)
+            checked += 1
+    assert checked >= 30
+
+
 def test_numpy_surfel_sort_gives_the_packages_arrays_and_scores_exactly(monkeypatch):
     """The package's own sort (sorted() over (distance, area) pairs) against the numpy one, ties included."""
     from surface_distance import metrics as package_metrics
@@ -99,9 +134,11 @@ def test_numpy_surfel_sort_gives_the_packages_arrays_and_scores_exactly(monkeypa
     b = cube(start=(7, 6, 12), size=13)
     b[rng.random(b.shape) < 0.05] = 0
     spacing = (0.8, 1.5, 3.0)
-    (numpy_sorted,) = score(a, b, spacing, tolerance=1.0)
+    tolerance = 10.0  # many voxels: scored with the package's distance transforms, hence its sort
+    assert len(tolerance_ball(spacing, tolerance)) > MAX_BALL_OFFSETS
+    (numpy_sorted,) = score(a, b, spacing, tolerance=tolerance)
     monkeypatch.setattr(package_metrics, "_sort_distances_surfels", package_sort)
-    (package_sorted,) = score(a, b, spacing, tolerance=1.0)
+    (package_sorted,) = score(a, b, spacing, tolerance=tolerance)
     assert package_metrics._sort_distances_surfels is package_sort  # compare() did not re-patch it
     assert numpy_sorted.nsd == package_sorted.nsd and numpy_sorted.dice == package_sorted.dice
 
