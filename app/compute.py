@@ -89,6 +89,7 @@ class Compute(QtCore.QObject):
         events.experts_changed.connect(self._on_experts_changed)
         events.compression_changed.connect(self._on_compression_changed)
         events.target_changed.connect(self.solve_targets)
+        events.inference_changed.connect(self._on_volume_changed)  # every segmentation again
         events.segmentation_changed.connect(self._on_segmentation_changed)
         events.agreement_changed.connect(lambda _result: self._maybe_time_automatically())
 

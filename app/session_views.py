@@ -57,6 +57,7 @@ class SessionViews:
         events.sizes_changed.connect(self.on_sizes_changed)
         events.heatmaps_changed.connect(self.on_heatmaps_changed)
         events.timing_changed.connect(self.on_timing_changed)
+        events.inference_changed.connect(self.on_inference_changed)
         events.segmentation_changed.connect(self.on_segmentation_changed)
         events.agreement_changed.connect(self.on_agreement_changed)
 
@@ -153,6 +154,17 @@ class SessionViews:
         title = policy.compressed_title(self.session)
         self.views.slice_view.set_compressed_title(title)
         self.views.surface_view.compressed_view.set_title(title)
+        original = policy.original_title(self.session)
+        self.views.slice_view.set_original_title(original)
+        self.views.surface_view.original_view.set_title(original)
+
+    def on_inference_changed(self) -> None:
+        """Both sides are recomputed under the new runtime: the views computed from them go blank meanwhile."""
+        self.clear()
+        self.update_titles()
+        runtime = policy.runtime_label(self.session) or "PyTorch fp32 (the reference)"
+        again = ": segmenting again" if self.session.volume is not None else ""
+        self.status(f"networks now run with {runtime}{again}", 6000)
 
     def clear(self) -> None:
         """Views computed from segmentations go blank until the new ones exist."""

@@ -278,6 +278,9 @@ class SlicePairView(QtWidgets.QWidget):
         self._update_title()
         self._redraw()
 
+    def set_original_title(self, title: str) -> None:
+        self.original_canvas.set_title(title)
+
     def set_compressed_title(self, title: str) -> None:
         self._compressed_title = title
         self._update_title()

@@ -156,6 +156,7 @@ class SurfacePairView(QtWidgets.QWidget):
         self._render_timer = QtCore.QTimer(self, singleShot=True, interval=0)
         self._render_timer.timeout.connect(self.render_now)
         self._dirty: set[int] = set()
+        self._closed = False
         for source, target in (
             (self.original_view, self.compressed_view),
             (self.compressed_view, self.original_view),
@@ -233,6 +234,8 @@ class SurfacePairView(QtWidgets.QWidget):
 
     def render(self, view: SurfaceView | None = None) -> None:
         """Schedule a redraw of one view (or both); only what changed is drawn, once per event-loop turn."""
+        if self._closed:  # a render after close_vtk meets a finalised OpenGL context: a segfault
+            return
         self._dirty.update([id(view)] if view is not None else [id(v) for v in self.views])
         self._render_timer.start()
 
@@ -243,5 +246,8 @@ class SurfacePairView(QtWidgets.QWidget):
         self._dirty.clear()
 
     def close_vtk(self) -> None:
+        self._closed = True
+        self._render_timer.stop()  # a redraw still scheduled would run on the finalised windows
+        self._dirty.clear()
         for view in self.views:
             view.close_vtk()

@@ -1,4 +1,4 @@
-"""What the window remembers between runs (QSettings): layout, each model source's DFs, the 3D toggle."""
+"""What the window remembers between runs (QSettings): layout, each model source's DFs, the 3D toggle, the runtime."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ class WindowSettings:
 
     def set_show_body_wall(self, shown: bool) -> None:
         self.settings.setValue("view/body_wall_in_3d", shown)
+
+    def inference(self) -> tuple[str, str]:
+        """(runtime, precision) the networks ran with last time; the PyTorch fp32 reference by default."""
+        return (
+            str(self.settings.value("run/runtime", "torch")),
+            str(self.settings.value("run/precision", "fp32")),
+        )
+
+    def set_inference(self, runtime: str, precision: str) -> None:
+        self.settings.setValue("run/runtime", runtime)
+        self.settings.setValue("run/precision", precision)
 
     def restore_layout(self, window: QtWidgets.QMainWindow) -> None:
         geometry = self.settings.value("window/geometry")

@@ -98,3 +98,50 @@ def test_a_home_with_one_task_opens_it_and_a_cancelled_choice_opens_nothing(qtbo
     qtbot.waitUntil(lambda: bool(names), timeout=30_000)
     qtbot.waitUntil(window.is_idle, timeout=30_000)
     assert names == [f"total@{single}"]
+
+
+
+def run_action(window: MainWindow, label: str):
+    run_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Run")
+    run_menu.aboutToShow.emit()
+    return next(a for a in run_menu.actions() if a.text() == label)
+
+
+def test_the_run_menu_switches_every_network_to_openvino_and_is_remembered(qtbot, tmp_path, private_cache_folder):
+    """Original and compressed sides are segmented again with OpenVINO, the views say so, the choice survives a
+    restart; back on the reference the titles drop the note."""
+    pytest.importorskip("openvino")
+    from test_gui_window import small_ct, tiny_models, wait_idle
+
+    ct, models = small_ct(tmp_path / "ct.nii.gz"), tiny_models(tmp_path / "models")
+    window = MainWindow(make_settings(tmp_path))
+    qtbot.addWidget(window)
+    window.show()
+    window.open_request(parse_launch_args([str(ct), "--model", str(models)]))
+    wait_idle(qtbot, window)
+    session = window.session
+    assert (session.inference.runtime, session.inference.precision) == ("torch", "fp32")
+    assert run_action(window, "PyTorch fp32 (reference)").isChecked()
+    assert window.slice_view.original_canvas.title_label.text() == "Original"
+    assert not list(private_cache_folder.rglob("*.xml"))
+
+    run_action(window, "OpenVINO fp32").trigger()
+    assert not session.complete_originals  # cleared at once: both sides are redone
+    wait_idle(qtbot, window)
+    assert (session.inference.runtime, session.inference.precision) == ("openvino", "fp32")
+    assert session.complete_originals == set(session.experts)
+    assert list(private_cache_folder.rglob("*.xml"))  # the networks ran through OpenVINO exports
+    assert window.slice_view.original_canvas.title_label.text() == "Original · OpenVINO fp32"
+    assert "OpenVINO fp32" in window.slice_view.compressed_canvas.title_label.text()
+    assert run_action(window, "OpenVINO fp32").isChecked()
+    assert not run_action(window, "PyTorch fp32 (reference)").isChecked()
+    window.close()
+
+    again = MainWindow(make_settings(tmp_path))
+    qtbot.addWidget(again)
+    assert again.session.inference.runtime == "openvino"
+    assert again.slice_view.original_canvas.title_label.text() == "Original · OpenVINO fp32"
+    run_action(again, "PyTorch fp32 (reference)").trigger()
+    assert (again.session.inference.runtime, again.session.inference.precision) == ("torch", "fp32")
+    assert again.slice_view.original_canvas.title_label.text() == "Original"
+    again.close()

@@ -179,6 +179,7 @@ def test_openvino_runs_original_and_compressed_networks_and_caches_the_export(ex
         labels = segmenter.segment(expert, swapped, options=InferenceOptions(runtime="openvino"))
         assert len(np.unique(reference)) == 3
         assert min(dice_per_class(labels, reference).values()) >= 0.999
+    assert len(segmenter._runtimes.compiled) == 1  # the original's compiled model was dropped for the next
     exports = list((tmp_path / "xdg").rglob("*.xml"))
     assert len(exports) == 2
 

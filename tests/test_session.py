@@ -242,3 +242,27 @@ def test_planning_the_agreement_leaves_the_merging_to_the_job(loaded, monkeypatc
     job = session.plan_agreement()
     assert job is not None and merges == []
     assert job(never).rows and len(merges) == 2
+
+
+def test_another_runtime_redoes_every_segmentation_and_a_bad_one_changes_nothing(loaded):
+    pytest.importorskip("openvino")
+    from tuckerscope.core.runtime.errors import UserError
+
+    session = new_session(loaded)
+    never = threading.Event()
+    session.apply_segmentation(run_segmentation(session.plan_segmentation(), lambda f, m: None, never, never, lambda u: None))
+    assert session.complete_originals == {"first", "second"}
+    heard = []
+    session.events.inference_changed.connect(lambda: heard.append(session.inference))
+    token = session.volume_token
+    with pytest.raises(UserError, match="fp16"):
+        session.set_inference("openvino", "fp16")
+    assert session.inference.runtime == "torch" and session.complete_originals and not heard
+    session.set_inference("openvino", "fp32")
+    assert [(o.runtime, o.precision) for o in heard] == [("openvino", "fp32")]
+    assert session.volume_token == token + 1 and not session.originals and not session.complete_originals
+    plan = session.plan_segmentation()
+    assert plan.need_original == {"first", "second"} and plan.options.runtime == "openvino"
+    assert plan.options.threads == session.inference.threads  # only the runtime and precision changed
+    session.set_inference("openvino", "fp32")  # unchanged: nothing is redone
+    assert len(heard) == 1 and session.volume_token == token + 1

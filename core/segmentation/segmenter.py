@@ -626,7 +626,14 @@ def segment_with_expert(
 
 class _Runtimes:
     """A Segmenter's OpenVINO models (compiled once per network content, patch, precision and threads) and its
-    "auto" choices: re-running an expert at the same DF reuses them."""
+    "auto" choices: re-running an expert at the same DF reuses them.
+
+    Only the most recently used one is kept, and it is dropped before another is compiled: a compiled 1.5 mm TS
+    network holds its weights and its own activation buffers (GBs), and keeping all five experts of 'total'
+    compiled took `segment` to 14 GB. Going back to a network compiles it again from the IR on disk.
+    """
+
+    MAX_COMPILED = 1
 
     def __init__(self) -> None:
         self.compiled: dict[tuple[str, str, int], OpenVinoTiles] = {}
@@ -641,11 +648,13 @@ class _Runtimes:
         key = (content, options.precision, threads)
 
         def compiled() -> OpenVinoTiles:
-            if key not in self.compiled:
-                self.compiled[key] = OpenVinoTiles(
-                    run.network, shape, options.precision, threads, content_hash=content
-                )
-            return self.compiled[key]
+            runner = self.compiled.pop(key, None)
+            if runner is None:
+                while len(self.compiled) >= self.MAX_COMPILED:  # the least recently used goes first
+                    self.compiled.pop(next(iter(self.compiled)))
+                runner = OpenVinoTiles(run.network, shape, options.precision, threads, content_hash=content)
+            self.compiled[key] = runner  # now the most recently used
+            return runner
 
         if options.runtime == "auto":
 

@@ -28,6 +28,7 @@ from tuckerscope.core.outputs.surfaces import SMOOTHING_ITERATIONS, LabelMeshes,
 from tuckerscope.core.segmentation.expert_run import METHODS
 from tuckerscope.core.segmentation.live_segmentation import SegmentationUpdate, run_segmentation
 from tuckerscope.core.segmentation.original_cache import OriginalCache
+from tuckerscope.core.segmentation.runtimes import openvino_available
 from tuckerscope.core.segmentation.segmenter import InferenceOptions
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "SweepResult",
     "extract_label_meshes",
     "open_results",
+    "openvino_available",
     "report_content",
     "run_segmentation",
     "run_sweep",

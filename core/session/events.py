@@ -43,5 +43,6 @@ class SessionEvents:
         self.sizes_changed = Event("sizes_changed")  # (expert): its parameter and FLOP figures
         self.heatmaps_changed = Event("heatmaps_changed")  # (): explained-variance grids of every expert
         self.timing_changed = Event("timing_changed")  # (TimingResult | None)
+        self.inference_changed = Event("inference_changed")  # (): runtime or precision of every network
         self.segmentation_changed = Event("segmentation_changed")  # (SegmentationUpdate)
         self.agreement_changed = Event("agreement_changed")  # (AgreementResult | None)

@@ -57,7 +57,34 @@ def compressed_title(session: Session) -> str:
     if distilled:
         text += " · distilled: " + ", ".join(distilled) if len(distilled) < len(experts) else " · distilled"
     stale = "" if session.compressed_is_current() else " (updating…)"
-    return f"Compressed · {text}{stale}"
+    runtime = runtime_label(session)
+    return f"Compressed · {text}{' · ' + runtime if runtime else ''}{stale}"
+
+
+def original_title(session: Session) -> str:
+    """'Original', naming the runtime when it is not the PyTorch fp32 reference."""
+    runtime = runtime_label(session)
+    return f"Original · {runtime}" if runtime else "Original"
+
+
+INFERENCE_CHOICES = (
+    ("torch", "fp32", "PyTorch fp32 (reference)"),
+    ("torch", "bf16", "PyTorch bf16"),
+    ("openvino", "fp32", "OpenVINO fp32"),
+    ("openvino", "bf16", "OpenVINO bf16"),
+    ("auto", "fp32", "Fastest measured per network, fp32 (PyTorch or OpenVINO)"),
+)
+"""The window's Run menu: (runtime, precision, label). Anything but the reference agrees with it to rounding
+(Dice >= 0.999 on trained weights) but is not voxel-identical, so the views name it."""
+
+
+def runtime_label(session: Session) -> str:
+    """'' for the reference (PyTorch fp32), else e.g. 'OpenVINO fp32' or 'auto runtime fp32'."""
+    options = session.inference
+    if options.runtime == "torch" and options.precision == "fp32":
+        return ""
+    name = {"torch": "PyTorch", "openvino": "OpenVINO", "auto": "auto runtime"}[options.runtime]
+    return f"{name} {options.precision}"
 
 
 def setting_label(expert: ExpertModel) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +33,7 @@ from tuckerscope.core.runtime.processes import IsolatedRunner
 from tuckerscope.core.segmentation.expert_run import ExpertRun, RankKey, check_method
 from tuckerscope.core.segmentation.live_segmentation import SegmentationPlan, SegmentationUpdate
 from tuckerscope.core.segmentation.original_cache import OriginalCache
+from tuckerscope.core.segmentation.runtimes import RuntimeUnavailable, openvino_available
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter, slab_roi
 from tuckerscope.core.session.events import SessionEvents
 
@@ -400,6 +401,24 @@ class Session:
         if bool(shown) != expert.show_distilled:
             expert.distilled_for = expert.base_key() if shown else None
             self.events.compression_changed.emit(name)
+
+    def set_inference(self, runtime: str, precision: str) -> None:
+        """Run every network with another CPU runtime or precision ('torch' fp32 is the reference).
+
+        Every segmentation is redone under the new options (originals cached for them on disk come back at
+        once); a choice that cannot run here raises a UserError and nothing changes.
+        """
+        options = replace(self.inference, runtime=runtime, precision=precision)  # checks the combination
+        if options == self.inference:
+            return
+        if runtime != "torch" and not openvino_available():
+            raise RuntimeUnavailable(
+                "the OpenVINO runtime is not installed; pip install 'tuckerscope[openvino]' or stay on PyTorch"
+            )
+        self.inference = options
+        self.volume_token += 1  # a refresh still running under the old options is dropped when it reports
+        self._clear_segmentations()
+        self.events.inference_changed.emit()
 
     def distilled_network(self, name: str, required: bool = True) -> nn.Module | None:
         """The distilled network of ``name``'s current setting; with ``required``, only while it is shown."""
