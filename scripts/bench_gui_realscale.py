@@ -18,6 +18,8 @@ classes, NSD) before each next step: minutes on a loaded machine, not part of an
 The CT (the 1.5 mm phantom of scripts/bench_segment.py, 240x200x220 voxels) and the random-weight TS home
 (tests/ts_home.py) are built once in --work and reused by later runs; the original cache (XDG_CACHE_HOME,
 which platformdirs and so OriginalCache() honour) is a fresh temporary folder per run, so runs repeat.
+--runtime openvino|auto runs the networks as the Run menu's choice does; their exports are kept in
+--work/openvino-exports (converted on the first such run, read back on later ones, as a user's cache does).
 
 Run from the repository root (about 10 minutes on a quiet 2-core machine):
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/bench_gui_realscale.py \
@@ -34,10 +36,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_gui_latency import StallProbe, StallTracer, networks_built, pump
-from bench_segment import build_home, make_ct
+from tuckerscope.core.runtime.memory import relaunch_retaining_memory
 
-from tuckerscope.app.slice_views import PLANES
+relaunch_retaining_memory()  # as the `tuckerscope` launcher does for the window, before any other import
+
+from bench_gui_latency import StallProbe, StallTracer, networks_built, pump  # noqa: E402
+from bench_segment import build_home, make_ct  # noqa: E402
+
+from tuckerscope.app.slice_views import PLANES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"first original": 60.0, "slice at DF 0.3": 8.0, "reopen originals": 5.0}
@@ -204,6 +210,10 @@ def main() -> int:
         "--cache", type=Path, help="original-cache folder to use (default: a fresh one; a filled one makes (a) a reopen)"
     )
     parser.add_argument("--trace-stalls", action="store_true", help="print thread stacks seen during stalls in (b)")
+    parser.add_argument(
+        "--runtime", default="torch", choices=("torch", "openvino", "auto"), help="the Run menu's runtime"
+    )
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="the Run menu's precision")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -215,6 +225,14 @@ def main() -> int:
         build_home(home, ["total"])
     cache = args.cache or Path(tempfile.mkdtemp(prefix="tuckerscope-realscale-cache-"))
     os.environ["XDG_CACHE_HOME"] = str(cache)  # before any window: OriginalCache() reads it via platformdirs
+    if args.runtime != "torch":  # exports converted once and kept, as a user's cache keeps them; originals fresh
+        from tuckerscope.core.segmentation.runtimes import default_export_folder
+
+        exports = args.work / "openvino-exports"
+        exports.mkdir(exist_ok=True)
+        default_export_folder().parent.mkdir(parents=True, exist_ok=True)
+        if not default_export_folder().exists():
+            default_export_folder().symlink_to(exports)
     model = f"total@{home}"
     print(f"CT {ct}, model {model}, original cache {cache}{'' if args.cache else ' (fresh)'}, {os.cpu_count()} CPUs  [{load()}]", flush=True)
 
@@ -227,6 +245,13 @@ def main() -> int:
     phases.install()
     app = QtWidgets.QApplication(sys.argv[:1])
     settings_file = Path(tempfile.mkdtemp(prefix="tuckerscope-realscale-settings-")) / "settings.ini"
+    from pyqtgraph.Qt import QtCore
+
+    chosen = QtCore.QSettings(str(settings_file), QtCore.QSettings.Format.IniFormat)
+    chosen.setValue("run/runtime", args.runtime)  # what the Run menu would have left there
+    chosen.setValue("run/precision", args.precision)
+    chosen.sync()
+    print(f"networks run with {args.runtime} {args.precision}", flush=True)
 
     probe = StallProbe()  # event-loop stalls per phase: the window must stay responsive while it computes
     probe.start()

@@ -17,6 +17,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if cli.is_subcommand(args):
         return cli.main(args)
+    from tuckerscope.core.runtime.memory import relaunch_retaining_memory
+
+    relaunch_retaining_memory()  # before Qt, torch or any thread exists; returns in the re-executed window
     from tuckerscope.app.main_window import run_app
 
     return run_app(args)
