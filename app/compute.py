@@ -67,14 +67,14 @@ class Compute(QtCore.QObject):
         self.session = session
         session.inference = InferenceOptions(threads=policy.segmentation_threads())
         self.visible_slice, self.surface_budget, self.show_body_wall = visible_slice, surface_budget, show_body_wall
-        self.lanes = {name: JobLane(name, self) for name in LANES}
+        self.lanes = {name: JobLane(name, self, background=name in policy.BACKGROUND_LANES) for name in LANES}
         self.compress_lanes: dict[str, JobLane] = {}  # one per expert: dragging one must not drop another
         # ...but one thread for all: compressions are short and mostly Python, and three threads fighting over
         # the GIL starve the UI thread (measured: 0.4 s event-loop stalls when all sliders move together)
         self.compress_pool = QtCore.QThreadPool(self)
         self.compress_pool.setMaxThreadCount(1)
-        self.isolated = IsolatedRunner()  # agreement scoring: its library holds the GIL for seconds
-        self.surface_process = IsolatedRunner()  # VTK's filters hold the GIL for their whole run
+        self.isolated = IsolatedRunner(background=True)  # agreement scoring: its library holds the GIL for seconds
+        self.surface_process = IsolatedRunner(background=True)  # VTK's filters hold the GIL for their whole run
         self.surface_process.warm_up("tuckerscope.core.outputs.surfaces")
         self._surfaces_source: dict[str, int] = {}
         self._timing_is_automatic = False

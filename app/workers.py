@@ -19,6 +19,7 @@ from typing import Any
 from pyqtgraph.Qt import QtCore
 
 from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.runtime.priority import lower_this_thread
 from tuckerscope.core.runtime.progress import ProgressCallback
 
 
@@ -68,9 +69,11 @@ class _Job(QtCore.QRunnable):
         signals: _JobSignals,
         cancel: threading.Event,
         user_cancel: threading.Event,
+        background: bool = False,
     ) -> None:
         super().__init__()
         self.setAutoDelete(True)
+        self.background = background
         self.generation = generation
         self.function = function
         self.signals = signals
@@ -78,6 +81,8 @@ class _Job(QtCore.QRunnable):
         self.user_cancel = user_cancel
 
     def run(self) -> None:
+        if self.background:
+            lower_this_thread()
         if self.cancel.is_set():
             self.signals.cancelled.emit(self.generation)
             return
@@ -117,12 +122,18 @@ class JobLane(QtCore.QObject):
     busyChanged = QtCore.Signal(str, bool)
 
     def __init__(
-        self, name: str, parent: QtCore.QObject | None = None, pool: QtCore.QThreadPool | None = None
+        self,
+        name: str,
+        parent: QtCore.QObject | None = None,
+        pool: QtCore.QThreadPool | None = None,
+        background: bool = False,
     ) -> None:
         """``pool``: a one-thread pool shared with other lanes, whose jobs then queue behind each other
-        (each lane still supersedes only its own); by default the lane has its own thread."""
+        (each lane still supersedes only its own); by default the lane has its own thread. ``background``:
+        its jobs run at lower CPU priority than the segmentation (core.runtime.priority)."""
         super().__init__(parent)
         self.name = name
+        self.background = background
         if pool is None:
             pool = QtCore.QThreadPool(self)
             pool.setMaxThreadCount(1)
@@ -158,7 +169,9 @@ class JobLane(QtCore.QObject):
         self._running += 1
         if self._running == 1:
             self.busyChanged.emit(self.name, True)
-        self.pool.start(_Job(self._generation, function, self._signals, self._cancel, self._user_cancel))
+        self.pool.start(
+            _Job(self._generation, function, self._signals, self._cancel, self._user_cancel, self.background)
+        )
         return self._generation
 
     def cancel(self) -> None:

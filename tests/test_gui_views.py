@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -207,6 +209,29 @@ def test_lane_delivers_only_the_latest_result(qtbot):
     release.set()
     qtbot.waitUntil(lambda: not lane.busy, timeout=5000)
     assert delivered == [4]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_background_lanes_and_processes_run_below_the_segmentations_priority(qtbot):
+    from tuckerscope.core.runtime.priority import BACKGROUND_NICENESS
+    from tuckerscope.core.runtime.processes import IsolatedRunner
+
+    def niceness(_context=None):
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = niceness()
+    seen = {}
+    for name, background in (("segment", False), ("heatmaps", True)):
+        lane = JobLane(name, background=background)
+        lane.submit(niceness, JobCallbacks(lambda value, n=name: seen.__setitem__(n, value)))
+        qtbot.waitUntil(lambda lane=lane: not lane.busy, timeout=5000)
+    assert seen == {"segment": base, "heatmaps": max(base, BACKGROUND_NICENESS)}
+    assert niceness() == base  # the UI thread keeps its priority
+    runner = IsolatedRunner(background=True)
+    try:
+        assert runner.run(os.nice, 0) == max(base, BACKGROUND_NICENESS)
+    finally:
+        runner.close()
 
 
 def test_surfaces_one_per_class_including_shared_faces():

@@ -16,6 +16,7 @@ from multiprocessing.pool import AsyncResult, Pool
 from typing import Any
 
 from tuckerscope.core.runtime.errors import Cancelled
+from tuckerscope.core.runtime.priority import lower_this_process
 
 POLL_SECONDS = 0.05
 
@@ -23,9 +24,11 @@ POLL_SECONDS = 0.05
 class IsolatedRunner:
     """One worker process; ``run`` blocks its calling (worker) thread, never the process's other threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, background: bool = False) -> None:
+        """``background``: the process runs at lower CPU priority than this one (core.runtime.priority)."""
         self._pool: Pool | None = None
         self._lock = threading.Lock()
+        self._initializer = lower_this_process if background else None
 
     def run(self, function: Callable[..., Any], *args: Any, cancel: threading.Event | None = None) -> Any:
         """``function(*args)`` in the worker process; raises Cancelled (and kills the process) on cancel."""
@@ -46,7 +49,7 @@ class IsolatedRunner:
         """Queue a call, starting the process first if there is none (or the last one was cancelled)."""
         with self._lock:
             if self._pool is None:
-                self._pool = multiprocessing.get_context("spawn").Pool(processes=1)
+                self._pool = multiprocessing.get_context("spawn").Pool(processes=1, initializer=self._initializer)
             return self._pool.apply_async(function, args)
 
     def close(self) -> None:

@@ -19,6 +19,11 @@ AUTO_TIMING_MAX_FLOPS = 50e9
 TIMING_RUNS = 3
 
 
+# Lanes whose jobs run below the segmentation's CPU priority (their worker processes too): what they draw can
+# wait, the slice the user looks at cannot. The timing lane is not among them: it measures speed.
+BACKGROUND_LANES = ("heatmaps", "surfaces_original", "surfaces_compressed", "agreement", "sweep_setup")
+
+
 def segmentation_threads() -> int:
     """Threads for the window's tile forwards: torch's own choice (the physical cores), as `segment` and
     `bench forward` use. Leaving a core to the UI thread halved the tile speed on a 2-core machine (one
