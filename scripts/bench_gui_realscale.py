@@ -38,7 +38,8 @@ from pathlib import Path
 
 from tuckerscope.core.runtime.memory import relaunch_retaining_memory
 
-relaunch_retaining_memory()  # as the `tuckerscope` launcher does for the window, before any other import
+if __name__ == "__main__":  # not in the window's spawned worker processes, which import this module again
+    relaunch_retaining_memory()  # as the `tuckerscope` launcher does for the window, before any other import
 
 from bench_gui_latency import StallProbe, StallTracer, networks_built, pump  # noqa: E402
 from bench_segment import build_home, make_ct  # noqa: E402

@@ -75,3 +75,26 @@ def test_the_users_own_tunables_are_kept_and_release_memory_skips_the_relaunch()
     assert tunables == "glibc.malloc.tcache_count=7"
     released, tunables, marker = probe("relaunch", TUCKERSCOPE_RELEASE_MEMORY="1")
     assert released > 0.95 * FRESH_PAGES and tunables == "-" and marker == "-"
+
+
+def test_spawned_workers_of_a_relaunched_program_start(tmp_path):
+    """A program that relaunches at import (as the window bench does) imports itself again in each spawned
+    worker; re-executing there lost the worker's start-up data from its parent and the worker hung."""
+    script = tmp_path / "program.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, os
+            from tuckerscope.core.runtime.memory import relaunch_retaining_memory
+
+            relaunch_retaining_memory()
+
+            if __name__ == "__main__":
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    print(pool.apply(os.getpid) != os.getpid())
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TUCKERSCOPE_RELEASE_MEMORY"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr

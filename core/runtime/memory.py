@@ -71,6 +71,8 @@ def relaunch_retaining_memory() -> None:
     """
     if not sys.platform.startswith("linux") or not _retention_wanted():
         return
+    if "--multiprocessing-fork" in sys.orig_argv:
+        return  # a spawned worker importing the main module: re-executing it would lose its parent's pipe data
     if os.environ.get(_RELAUNCHED) == "1":
         user = os.environ.pop(_USER_TUNABLES, "")
         os.environ.pop(_RELAUNCHED, None)
