@@ -14,6 +14,7 @@ from tuckerscope.core.evaluation.metrics import (
     MetricsError,
     compare,
     evaluate,
+    neighbour_codes,
     sort_distances_surfels,
     tolerance_ball,
 )
@@ -115,6 +116,20 @@ def test_surfel_lookup_nsd_equals_the_packages_distance_transform_nsd(spacing):
             assert s.nsd == pytest.approx(expected, rel=1e-12, abs=1e-15), (shape, tolerance)
             checked += 1
     assert checked >= 30
+
+
+def test_neighbour_codes_are_the_packages_correlate_of_its_crop():
+    from scipy import ndimage
+    from surface_distance import lookup_tables
+
+    kernel = lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL
+    rng = np.random.default_rng(5)
+    for shape in [(1, 1, 1), (1, 7, 3), (2, 2, 2), *(tuple(rng.integers(1, 24, 3)) for _ in range(12))]:
+        mask = rng.random(shape) < rng.uniform(0.2, 0.9)
+        crop = np.zeros(tuple(n + 1 for n in mask.shape), np.uint8)  # the package's: one zero layer after
+        crop[:-1, :-1, :-1] = mask
+        expected = ndimage.correlate(crop, kernel, mode="constant", cval=0)
+        assert np.array_equal(neighbour_codes(mask, kernel), expected), shape
 
 
 def test_numpy_surfel_sort_gives_the_packages_arrays_and_scores_exactly(monkeypatch):

@@ -316,11 +316,22 @@ def surfels(mask: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray
     the area of each surfel, in np.nonzero order."""
     from surface_distance import lookup_tables
 
-    padded = np.zeros(tuple(n + 1 for n in mask.shape), np.uint8)
-    padded[:-1, :-1, :-1] = mask
-    codes = ndimage.correlate(padded, lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL, mode="constant", cval=0)
+    codes = neighbour_codes(mask, lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL)
     borders = (codes != 0) & (codes != 0b11111111)
     return borders, table[codes[borders]]
+
+
+def neighbour_codes(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The package's ``ndimage.correlate(crop, kernel, mode="constant", cval=0)`` of its crop (the mask and one
+    zero layer after it), as eight shifted, weighted uint8 sums: the output at i sees the crop at i-1 and i
+    along each axis (scipy's origin for a kernel of 2). A fifth of the time of the generic correlate here."""
+    shape = tuple(n + 1 for n in mask.shape)
+    framed = np.zeros(tuple(n + 1 for n in shape), np.uint8)  # a zero layer before the crop, and the crop
+    framed[1:-1, 1:-1, 1:-1] = mask
+    codes = np.zeros(shape, np.uint8)
+    for (a, b, c), weight in np.ndenumerate(kernel):
+        codes += framed[a : a + shape[0], b : b + shape[1], c : c + shape[2]] * np.uint8(weight)
+    return codes
 
 
 def near_other_surface(borders: np.ndarray, other: np.ndarray, ball: np.ndarray) -> np.ndarray:
