@@ -28,6 +28,7 @@ from tuckerscope.app.opening import Opener
 from tuckerscope.app.recent_files import RecentFiles
 from tuckerscope.app.recover_panel import RecoverPanel
 from tuckerscope.app.recovery_actions import RecoveryController
+from tuckerscope.app.run_menu import RunChoice
 from tuckerscope.app.session_views import SessionViews
 from tuckerscope.app.slice_views import PLANES, SlicePairView
 from tuckerscope.app.status_bar import ProgressStatus
@@ -44,8 +45,7 @@ from tuckerscope.core.session.api import ExportBundle, LabelMeshes, OriginalCach
 from tuckerscope.core.session.export import session_bundle
 from tuckerscope.core.session.session import Session
 
-ORGANISATION = "TuckerScope"
-APPLICATION = "TuckerScope"
+ORGANISATION = APPLICATION = "TuckerScope"  # the QSettings store's names
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -81,13 +81,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.menus = build_menus(
             self, self.opener, FileDialogs(self, self.opener, self.recent_cts), self.recent_cts,
             self.recent_models, self.exports.add_to_menu, self.docks.values(), self.open_demo, self.session,
-            self.choose_inference,
         )  # fmt: skip
+        self.run_choice = RunChoice(self.session, self.stored, self.show_error, self.menuBar())  # the Run menu
         self.recovery.add_menu(self.menuBar())
         self._watch_progress()
         self._connect()
         self.stored.restore_layout(self)
-        self._restore_inference()
 
     # ----- construction -------------------------------------------------------------------------------------
     def _build_views(self) -> None:
@@ -256,24 +255,6 @@ class MainWindow(QtWidgets.QMainWindow):
         event.acceptProposedAction()
 
     # ----- dialogs -------------------------------------------------------------------------------------------
-    def choose_inference(self, runtime: str, precision: str) -> None:
-        """The Run menu: every network runs with this runtime and precision from now on (remembered)."""
-        try:
-            self.session.set_inference(runtime, precision)
-        except UserError as exc:
-            self.show_error("Cannot run the networks this way", exc, "")
-            return
-        self.stored.set_inference(runtime, precision)
-
-    def _restore_inference(self) -> None:
-        """Last run's choice, before anything is segmented; one that cannot run here falls back to the
-        reference without a dialog (e.g. OpenVINO uninstalled since)."""
-        try:
-            self.session.set_inference(*self.stored.inference())
-        except UserError:
-            self.stored.set_inference("torch", "fp32")
-        self.views.update_titles()
-
     def show_error(self, title: str, error: Exception, details: str) -> None:
         """A clear dialog; the state on screen stays as it was (nothing was applied)."""
         box = QtWidgets.QMessageBox(self)

@@ -1,5 +1,5 @@
 """The window's menu bar: File (open, recent, cohort results, export, screenshot, the originals cache, quit),
-View (the docks), Run (the networks' runtime and precision) and Help (About)."""
+View (the docks) and Help (About); the Run menu is app.run_menu's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tuckerscope.app.recent_files import RecentFiles
 from tuckerscope.core.runtime.errors import UserError
 from tuckerscope.core.session import policy
 from tuckerscope.core.session.about import about_text
-from tuckerscope.core.session.api import TS_TASKS, openvino_available
+from tuckerscope.core.session.api import TS_TASKS
 from tuckerscope.core.session.session import Session
 
 
@@ -90,9 +90,8 @@ def build_menus(
     docks: Iterable[QtWidgets.QDockWidget],
     open_demo: Callable[[], None],
     session: Session,
-    choose_inference: Callable[[str, str], None],
 ) -> dict[str, QtWidgets.QMenu]:
-    """File, View, Run and Help menus; returns the submenus tests and the window need by name."""
+    """File, View and Help menus; returns the submenus tests and the window need by name."""
     file_menu = window.menuBar().addMenu("&File")
     file_menu.addAction("Open CT (NIfTI)…", dialogs.choose_ct_file, QtGui.QKeySequence.StandardKey.Open)
     file_menu.addAction("Open CT (DICOM folder)…", dialogs.choose_dicom_folder)
@@ -118,42 +117,12 @@ def build_menus(
     view_menu = window.menuBar().addMenu("&View")
     for dock in docks:
         view_menu.addAction(dock.toggleViewAction())
-    run_menu = add_run_menu(window, session, choose_inference)
     help_menu = window.menuBar().addMenu("&Help")
     help_menu.addAction("About TuckerScope…", lambda: show_about(window, session))
     return {
         "file": file_menu, "recent_cts": recent_ct_menu, "recent_models": recent_model_menu, "view": view_menu,
-        "run": run_menu, "help": help_menu,
+        "help": help_menu,
     }  # fmt: skip
-
-
-def add_run_menu(
-    window: QtWidgets.QMainWindow, session: Session, choose: Callable[[str, str], None]
-) -> QtWidgets.QMenu:
-    """Run: the CPU runtime and precision of every network, one choice checked (PyTorch fp32, the reference)."""
-    menu = window.menuBar().addMenu("&Run")
-    group = QtGui.QActionGroup(menu)
-    group.setExclusive(True)
-    installed = openvino_available()
-    for runtime, precision, label in policy.INFERENCE_CHOICES:
-        action = menu.addAction(label)
-        action.setCheckable(True)
-        action.setData(f"{runtime}/{precision}")
-        group.addAction(action)
-        if runtime != "torch" and not installed:
-            action.setEnabled(False)
-            action.setToolTip("OpenVINO is not installed: pip install 'tuckerscope[openvino]'")
-        action.triggered.connect(lambda _checked=False, r=runtime, p=precision: choose(r, p))
-    menu.setToolTipsVisible(True)
-
-    def check_current() -> None:
-        current = f"{session.inference.runtime}/{session.inference.precision}"
-        for action in group.actions():
-            action.setChecked(action.data() == current)
-
-    menu.aboutToShow.connect(check_current)
-    check_current()
-    return menu
 
 
 def original_cache_label(session: Session) -> str:
