@@ -138,3 +138,27 @@ def test_a_distilled_folder_built_for_a_target_is_named_by_it(tmp_path):
     settings = sorted(distilled_settings(tmp_path, ["vessels"])["vessels"], key=lambda s: s.key)
     assert [s.key for s in settings] == ["tucker-distilled_df0.3", "tucker-distilled_params_10x"]
     assert [s.target for s in settings] == [None, "params=10x"]
+
+
+def test_a_workers_original_labels_are_read_once_and_again_when_recomputed(tmp_path, monkeypatch):
+    import os
+
+    import numpy as np
+
+    from tuckerscope.core.cohorts import tasks
+
+    path = tmp_path / "organs.npz"
+    np.savez_compressed(path, labels=np.ones((4, 4, 4), np.uint8), seconds=1.0)
+    reads = []
+    real_load = np.load
+    monkeypatch.setattr(tasks.np, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+
+    def labels():
+        status = path.stat()
+        return tasks._original_labels(str(path), (status.st_mtime_ns, status.st_size))
+
+    first, second = labels(), labels()
+    assert first is second and len(reads) == 1 and not first.flags.writeable
+    np.savez_compressed(path, labels=np.full((4, 4, 4), 2, np.uint8), seconds=1.0)  # the original recomputed
+    os.utime(path, ns=(status_ns := path.stat().st_mtime_ns + 10**9, status_ns))
+    assert int(labels().max()) == 2 and len(reads) == 2
