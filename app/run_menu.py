@@ -52,7 +52,10 @@ class RunChoice:
         """The choices, one checked, placed before the Help menu."""
         menu = QtWidgets.QMenu("&Run", menu_bar)
         help_action = next((a for a in menu_bar.actions() if a.text() == "&Help"), None)
-        menu_bar.insertMenu(help_action, menu) if help_action is not None else menu_bar.addMenu(menu)
+        if help_action is not None:
+            menu_bar.insertMenu(help_action, menu)
+        else:
+            menu_bar.addMenu(menu)
         group = QtGui.QActionGroup(menu)
         group.setExclusive(True)
         installed = openvino_available()
