@@ -47,6 +47,14 @@ def openvino_available() -> bool:
     return True
 
 
+def require_openvino() -> None:
+    """Raises RuntimeUnavailable, saying how to install it, where OpenVINO is missing."""
+    if not openvino_available():
+        raise RuntimeUnavailable(
+            "the OpenVINO runtime is not installed; pip install 'tuckerscope[openvino]' or use --runtime torch"
+        )
+
+
 def default_export_folder() -> Path:
     return cache_dir() / "openvino"
 
@@ -77,10 +85,7 @@ class OpenVinoTiles:
         content_hash: str | None = None,
     ) -> None:
         """``content_hash`` is network_hash(network, input_shape) where the caller has it already."""
-        if not openvino_available():
-            raise RuntimeUnavailable(
-                "the OpenVINO runtime is not installed; pip install 'tuckerscope[openvino]' or use --runtime torch"
-            )
+        require_openvino()
         if precision not in ("fp32", "bf16"):
             raise RuntimeUnavailable(f"OpenVINO runs fp32 or bf16 here, not {precision}")
         import openvino as ov

@@ -33,7 +33,7 @@ from tuckerscope.core.runtime.processes import IsolatedRunner
 from tuckerscope.core.segmentation.expert_run import ExpertRun, RankKey, check_method
 from tuckerscope.core.segmentation.live_segmentation import SegmentationPlan, SegmentationUpdate
 from tuckerscope.core.segmentation.original_cache import OriginalCache
-from tuckerscope.core.segmentation.runtimes import RuntimeUnavailable, openvino_available
+from tuckerscope.core.segmentation.runtimes import require_openvino
 from tuckerscope.core.segmentation.segmenter import InferenceOptions, Segmenter, slab_roi
 from tuckerscope.core.session.events import SessionEvents
 
@@ -411,10 +411,8 @@ class Session:
         options = replace(self.inference, runtime=runtime, precision=precision)  # checks the combination
         if options == self.inference:
             return
-        if runtime != "torch" and not openvino_available():
-            raise RuntimeUnavailable(
-                "the OpenVINO runtime is not installed; pip install 'tuckerscope[openvino]' or stay on PyTorch"
-            )
+        if runtime != "torch":
+            require_openvino()
         self.inference = options
         self.volume_token += 1  # a refresh still running under the old options is dropped when it reports
         self._clear_segmentations()
