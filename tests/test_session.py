@@ -266,3 +266,16 @@ def test_another_runtime_redoes_every_segmentation_and_a_bad_one_changes_nothing
     assert plan.options.threads == session.inference.threads  # only the runtime and precision changed
     session.set_inference("openvino", "fp32")  # unchanged: nothing is redone
     assert len(heard) == 1 and session.volume_token == token + 1
+
+
+def test_openvino_missing_is_one_clear_refusal_and_nothing_changes(loaded, monkeypatch):
+    from tuckerscope.core.runtime.errors import UserError
+    from tuckerscope.core.segmentation import runtimes
+
+    monkeypatch.setattr(runtimes, "openvino_available", lambda: False)
+    session = new_session(loaded)
+    token = session.volume_token
+    for runtime in ("openvino", "auto"):
+        with pytest.raises(UserError, match=r"pip install 'tuckerscope\[openvino\]'"):
+            session.set_inference(runtime, "fp32")
+    assert session.inference.runtime == "torch" and session.volume_token == token
